@@ -1,0 +1,285 @@
+"""Thin wrapper over the GEOS half of gatewayd._native: contexts and geometry arrays.
+
+This module and ``_proj`` alone touch ``ffi`` and ``lib``. A GEOS context is
+created lazily, once per process and thread, and is never used by a process
+it was inherited into across a fork: the child notices the pid change and
+makes its own. GEOS's messages reach Python logging, not stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from gatewayd._native import ffi, lib
+from gatewayd.errors import GeometryError, NativeError
+
+logger = logging.getLogger(__name__)
+
+_ABI_VERSION = 1
+if lib.gw_abi_version() != _ABI_VERSION:  # pragma: no cover - a stale build
+    raise ImportError(
+        f"gatewayd._native has ABI {lib.gw_abi_version()}, expected {_ABI_VERSION}: rebuild it"
+    )
+
+REASON_LEN = 256
+CAP_PREPARED_XY = bool(lib.gw_capabilities() & lib.GW_CAP_PREPARED_XY)
+
+
+class GeosContext:
+    """One GEOS context handle with its message buffers, bound to one process."""
+
+    __slots__ = ("__weakref__", "_notices_seen", "pid", "ptr")
+
+    def __init__(self) -> None:
+        ptr = lib.gw_geos_new()
+        if ptr == ffi.NULL:
+            raise NativeError("could not create a GEOS context")
+        self.ptr: Any = ptr
+        self.pid = os.getpid()
+        self._notices_seen = 0
+
+    def error(self) -> str:
+        """The last error GEOS reported in this context."""
+        return ffi.string(self.ptr.error).decode("utf-8", "replace")  # type: ignore[no-any-return]
+
+    def log_notices(self) -> None:
+        count = self.ptr.n_notices
+        if count != self._notices_seen:
+            logger.debug(
+                "GEOS: %s (%d notices)",
+                ffi.string(self.ptr.notice).decode("utf-8", "replace"),
+                count - self._notices_seen,
+            )
+            self._notices_seen = count
+
+    def close(self) -> None:
+        # An inherited copy belongs to the parent; freeing it here is pointless.
+        if self.ptr != ffi.NULL and self.pid == os.getpid():
+            lib.gw_geos_free(self.ptr)
+        self.ptr = ffi.NULL
+
+    def __del__(self) -> None:
+        self.close()
+
+
+_local = threading.local()
+_versions_logged = False
+
+
+def _forget_after_fork() -> None:
+    global _local, _versions_logged
+    _local = threading.local()
+    _versions_logged = False
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def context() -> GeosContext:
+    """This process's and thread's GEOS context, created on first use."""
+    global _versions_logged
+    ctx: GeosContext | None = getattr(_local, "geos", None)
+    if ctx is None or ctx.pid != os.getpid():
+        ctx = GeosContext()
+        _local.geos = ctx
+        if not _versions_logged:
+            _versions_logged = True
+            logger.info(
+                "GEOS %s (built against %s)", geos_version(), build_version()
+            )
+    return ctx
+
+
+def geos_version() -> str:
+    return ffi.string(lib.GEOSversion()).decode()  # type: ignore[no-any-return]
+
+
+def build_version() -> str:
+    return ffi.string(lib.gw_geos_build_version()).decode()  # type: ignore[no-any-return]
+
+
+def _doubles(array: np.ndarray) -> Any:
+    return ffi.from_buffer("double[]", array)
+
+
+def _int64s(array: np.ndarray) -> Any:
+    return ffi.from_buffer("int64_t[]", array)
+
+
+class GeometryArray:
+    """Native GEOS geometries owned together; slots may be NULL (not built)."""
+
+    __slots__ = ("_ctx", "_ptrs", "build_errors", "n")
+
+    def __init__(self, ctx: GeosContext, n: int) -> None:
+        self._ctx = ctx
+        self._ptrs: Any = ffi.new("GEOSGeometry *[]", max(n, 1))
+        self.n = n
+        self.build_errors: dict[int, str] = {}
+
+    @property
+    def ptrs(self) -> Any:
+        if self._ctx.pid != os.getpid():
+            raise NativeError("geometries cannot cross into another process")
+        return self._ptrs
+
+    def is_null(self, i: int) -> bool:
+        return bool(self._ptrs[i] == ffi.NULL)
+
+    def release(self) -> Any:
+        """Hands the pointers over (to a zone index, which frees them)."""
+        ptrs, self._ptrs, self.n = self._ptrs, ffi.new("GEOSGeometry *[]", 1), 0
+        return ptrs
+
+    def close(self) -> None:
+        if self.n and self._ctx.pid == os.getpid() and self._ctx.ptr != ffi.NULL:
+            lib.gw_geoms_free(self._ctx.ptr, self._ptrs, self.n)
+        self.n = 0
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def build_polygons(
+    coords: np.ndarray,
+    ring_offsets: np.ndarray,
+    polygon_offsets: np.ndarray,
+    part_offsets: np.ndarray,
+    multi: np.ndarray,
+) -> GeometryArray:
+    """Builds one Polygon or MultiPolygon per entry of part_offsets[:-1]."""
+    ctx = context()
+    n = len(part_offsets) - 1
+    out = GeometryArray(ctx, n)
+    errors = ffi.new("char[]", max(n, 1) * REASON_LEN)
+    failed = lib.gw_build_polygons(
+        ctx.ptr,
+        _doubles(coords),
+        len(coords),
+        _int64s(ring_offsets),
+        len(ring_offsets) - 1,
+        _int64s(polygon_offsets),
+        len(polygon_offsets) - 1,
+        _int64s(part_offsets),
+        ffi.from_buffer("uint8_t[]", multi),
+        n,
+        out.ptrs,
+        errors,
+        REASON_LEN,
+    )
+    if failed:
+        for i in range(n):
+            if out.is_null(i):
+                out.build_errors[i] = ffi.string(errors + i * REASON_LEN).decode(
+                    "utf-8", "replace"
+                )
+    ctx.log_notices()
+    return out
+
+
+def validity(geoms: GeometryArray) -> tuple[np.ndarray, np.ndarray]:
+    """Per geometry: valid flag and GEOS's reason (bytes, empty when valid)."""
+    ctx = geoms._ctx
+    valid = np.zeros(geoms.n, dtype=np.uint8)
+    reasons = ffi.new("char[]", max(geoms.n, 1) * REASON_LEN)
+    lib.gw_validity(ctx.ptr, geoms.ptrs, geoms.n, ffi.from_buffer("uint8_t[]", valid),
+                    reasons, REASON_LEN)
+    texts = np.frombuffer(ffi.buffer(reasons), dtype=f"S{REASON_LEN}")[: geoms.n]
+    for i, message in geoms.build_errors.items():
+        texts[i] = message.encode()[: REASON_LEN - 1]
+    ctx.log_notices()
+    return valid.astype(bool), texts
+
+
+def make_valid(geoms: GeometryArray) -> GeometryArray:
+    ctx = geoms._ctx
+    out = GeometryArray(ctx, geoms.n)
+    if lib.gw_make_valid(ctx.ptr, geoms.ptrs, geoms.n, out.ptrs) < 0:
+        raise GeometryError("make-valid failed", native=ctx.error())
+    for i in range(geoms.n):
+        if out.is_null(i):
+            out.build_errors[i] = geoms.build_errors.get(i) or ctx.error() or "repair failed"
+    ctx.log_notices()
+    return out
+
+
+def area(geoms: GeometryArray) -> np.ndarray:
+    out = np.empty(geoms.n, dtype=np.float64)
+    lib.gw_area(geoms._ctx.ptr, geoms.ptrs, geoms.n, _doubles(out))
+    return out
+
+
+def geodesic_area(geoms: GeometryArray, a: float, f: float) -> np.ndarray:
+    out = np.empty(geoms.n, dtype=np.float64)
+    lib.gw_geodesic_area(geoms._ctx.ptr, geoms.ptrs, geoms.n, a, f, _doubles(out))
+    return out
+
+
+def to_geojson(geoms: GeometryArray, i: int) -> str | None:
+    """One geometry as GeoJSON text, or None where there is none."""
+    if geoms.is_null(i):
+        return None
+    ctx = geoms._ctx
+    handle = ctx.ptr.handle
+    writer = lib.GEOSGeoJSONWriter_create_r(handle)
+    try:
+        text = lib.GEOSGeoJSONWriter_writeGeometry_r(handle, writer, geoms.ptrs[i], -1)
+        if text == ffi.NULL:
+            raise GeometryError("cannot write GeoJSON", native=ctx.error())
+        try:
+            return ffi.string(text).decode()  # type: ignore[no-any-return]
+        finally:
+            lib.GEOSFree_r(handle, text)
+    finally:
+        lib.GEOSGeoJSONWriter_destroy_r(handle, writer)
+
+
+def convex_hull(points: np.ndarray) -> np.ndarray:
+    ctx = context()
+    n, dims = points.shape
+    out = np.empty((n + 1, 2), dtype=np.float64)
+    count = lib.gw_convex_hull(ctx.ptr, _doubles(points), n, dims, _doubles(out), n + 1)
+    if count < 0:
+        raise GeometryError("convex hull failed", native=ctx.error())
+    return out[:count].copy()
+
+
+class ZoneTree:
+    """Prepared zone polygons in an STRtree, owned by one process."""
+
+    __slots__ = ("_ctx", "_ptr", "n")
+
+    def __init__(self, geoms: GeometryArray) -> None:
+        self._ctx = geoms._ctx
+        self.n = geoms.n
+        ptr = lib.gw_zones_new(self._ctx.ptr, geoms.release(), self.n)
+        if ptr == ffi.NULL:
+            raise GeometryError("could not build the zone index", native=self._ctx.error())
+        self._ptr: Any = ptr
+
+    def locate(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._ctx.pid != os.getpid():
+            raise NativeError("a zone index cannot cross into another process")
+        n, dims = points.shape
+        out = ffi.new("int64_t **")
+        count = lib.gw_zones_locate(self._ptr, _doubles(points), n, dims, out)
+        if count < 0:
+            raise MemoryError("zone lookup ran out of memory")
+        try:
+            pairs = np.frombuffer(ffi.buffer(out[0], count * 16), dtype=np.int64).reshape(-1, 2)
+            return pairs[:, 0].copy(), pairs[:, 1].copy()
+        finally:
+            lib.gw_free(out[0])
+
+    def close(self) -> None:
+        if self._ptr != ffi.NULL and self._ctx.pid == os.getpid():
+            lib.gw_zones_free(self._ptr)
+        self._ptr = ffi.NULL
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,267 @@
+"""The geometry facade: what workers call to transform, check, repair and locate.
+
+Everything here works on numpy float64 arrays in batches; the loops run in C
+(gatewayd._native) and each call crosses the FFI boundary once per batch.
+Contexts are per process and created on first use, so this module is safe to
+import before a fork; nothing native is created at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from gatewayd import _geos, _points, _proj
+from gatewayd.errors import GeometryError
+
+__all__ = [
+    "Polygons",
+    "TransformResult",
+    "ZoneIndex",
+    "bbox_select",
+    "convex_hull",
+    "library_versions",
+    "transform",
+    "voxel_select",
+]
+
+WGS84_A = 6378137.0
+WGS84_F = 1 / 298.257223563
+
+
+class TransformResult(NamedTuple):
+    points: np.ndarray
+    failed: int
+
+
+class RaggedPolygons(Protocol):
+    """Polygons as flat arrays, the layout of shapely's to_ragged_array."""
+
+    @property
+    def coords(self) -> np.ndarray: ...
+    @property
+    def ring_offsets(self) -> np.ndarray: ...
+    @property
+    def polygon_offsets(self) -> np.ndarray: ...
+    @property
+    def part_offsets(self) -> np.ndarray: ...
+    @property
+    def multi(self) -> np.ndarray: ...
+
+
+def _points_array(coords: np.ndarray, *, copy: bool) -> np.ndarray:
+    arr = np.array(coords, dtype=np.float64, order="C", copy=copy)
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
+        raise ValueError(f"expected an (N, 2) or (N, 3) array of coordinates, got {arr.shape}")
+    return arr
+
+
+def transform(
+    coords: np.ndarray, source: str, target: str, *, inplace: bool = False
+) -> TransformResult:
+    """Transforms (N, 2) or (N, 3) coordinates from ``source`` to ``target``.
+
+    Axis order is x/easting/longitude first for every CRS. A point PROJ cannot
+    transform comes back as NaN in every ordinate and is counted in ``failed``.
+    With ``inplace`` the array (C-contiguous float64, writable) is overwritten.
+    """
+    if inplace:
+        if (
+            not isinstance(coords, np.ndarray)
+            or coords.dtype != np.float64
+            or not coords.flags.c_contiguous
+            or not coords.flags.writeable
+        ):
+            raise ValueError("inplace transform needs a writable C-contiguous float64 array")
+        if coords.ndim != 2 or coords.shape[1] not in (2, 3):
+            raise ValueError(f"expected an (N, 2) or (N, 3) array, got {coords.shape}")
+        points = coords
+    else:
+        points = _points_array(coords, copy=True)
+    failed = _proj.context().transformation(source, target).transform_inplace(points)
+    return TransformResult(points, failed)
+
+
+def check_crs(definition: str) -> None:
+    """Raises CRSError, naming the string and PROJ's message, if PROJ does not know it."""
+    _proj.context().transformation(definition, definition)
+
+
+class Polygons:
+    """A batch of Polygon/MultiPolygon geometries held natively by GEOS.
+
+    Rings are closed where their last position differs from the first. A
+    geometry GEOS refuses to build (a ring of three positions, say) stays in
+    the batch as invalid, with GEOS's message as its reason.
+    """
+
+    __slots__ = ("_geoms",)
+
+    def __init__(self, geoms: _geos.GeometryArray) -> None:
+        self._geoms = geoms
+
+    @classmethod
+    def from_ragged(cls, arrays: RaggedPolygons) -> Polygons:
+        coords = _points_array(arrays.coords, copy=False)
+        if coords.shape[1] != 2:
+            coords = np.ascontiguousarray(coords[:, :2])
+        ring = np.ascontiguousarray(arrays.ring_offsets, dtype=np.int64)
+        polygon = np.ascontiguousarray(arrays.polygon_offsets, dtype=np.int64)
+        part = np.ascontiguousarray(arrays.part_offsets, dtype=np.int64)
+        multi = np.ascontiguousarray(arrays.multi, dtype=np.uint8)
+        _check_offsets(ring, len(coords), "ring_offsets")
+        _check_offsets(polygon, len(ring) - 1, "polygon_offsets")
+        _check_offsets(part, len(polygon) - 1, "part_offsets")
+        if len(multi) != len(part) - 1:
+            raise ValueError("multi needs one flag per geometry")
+        return cls(_geos.build_polygons(coords, ring, polygon, part, multi))
+
+    @classmethod
+    def from_rings(
+        cls, geometries: Sequence[Sequence[Sequence[np.ndarray]]], multi: Sequence[bool] = ()
+    ) -> Polygons:
+        """From nested lists: geometry → polygons → rings ((K, 2) arrays)."""
+        return cls.from_ragged(pack(geometries, multi))
+
+    def __len__(self) -> int:
+        return self._geoms.n
+
+    def validity(self) -> tuple[np.ndarray, list[str]]:
+        """Per geometry: is it valid, and GEOS's reason text when it is not."""
+        valid, reasons = _geos.validity(self._geoms)
+        texts = ["" if ok else r.decode("utf-8", "replace") for ok, r in zip(valid, reasons)]
+        return valid, texts
+
+    def make_valid(self) -> Polygons:
+        """Repaired copies (GEOS make-valid, structure method, polygonal output)."""
+        return Polygons(_geos.make_valid(self._geoms))
+
+    def area(self) -> np.ndarray:
+        """Planar area in the units of the coordinates squared."""
+        return _geos.area(self._geoms)
+
+    def geodesic_area(self) -> np.ndarray:
+        """Area in m² on the WGS84 ellipsoid, for lon/lat coordinates."""
+        return _geos.geodesic_area(self._geoms, WGS84_A, WGS84_F)
+
+    def geojson(self, i: int) -> str | None:
+        """Geometry ``i`` as GeoJSON text (None if it could not be built)."""
+        return _geos.to_geojson(self._geoms, i)
+
+
+def _check_offsets(offsets: np.ndarray, limit: int, name: str) -> None:
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != limit:
+        raise ValueError(f"{name} must run from 0 to {limit}")
+    if len(offsets) > 1 and np.any(np.diff(offsets) < 0):
+        raise ValueError(f"{name} must not decrease")
+
+
+class _Packed(NamedTuple):
+    coords: np.ndarray
+    ring_offsets: np.ndarray
+    polygon_offsets: np.ndarray
+    part_offsets: np.ndarray
+    multi: np.ndarray
+
+
+def pack(
+    geometries: Sequence[Sequence[Sequence[np.ndarray]]], multi: Sequence[bool] = ()
+) -> _Packed:
+    """Flattens geometry → polygons → rings into ragged arrays."""
+    rings: list[np.ndarray] = []
+    ring_offsets = [0]
+    polygon_offsets = [0]
+    part_offsets = [0]
+    for polygons in geometries:
+        for polygon in polygons:
+            for ring in polygon:
+                arr = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
+                rings.append(arr)
+                ring_offsets.append(ring_offsets[-1] + len(arr))
+            polygon_offsets.append(len(ring_offsets) - 1)
+        part_offsets.append(len(polygon_offsets) - 1)
+    flags = np.array(
+        list(multi) if multi else [len(p) != 1 for p in geometries], dtype=np.uint8
+    )
+    coords = np.concatenate(rings) if rings else np.empty((0, 2))
+    return _Packed(
+        np.ascontiguousarray(coords),
+        np.array(ring_offsets, dtype=np.int64),
+        np.array(polygon_offsets, dtype=np.int64),
+        np.array(part_offsets, dtype=np.int64),
+        flags,
+    )
+
+
+class ZoneIndex:
+    """Named zone polygons, prepared and in an STRtree; one per worker process."""
+
+    __slots__ = ("_tree", "names")
+
+    def __init__(self, polygons: Polygons, names: Sequence[str]) -> None:
+        if len(names) != len(polygons):
+            raise ValueError("one name per zone polygon")
+        self.names = tuple(names)
+        self._tree = _geos.ZoneTree(polygons._geoms)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def locate(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(point index, zone index) pairs, sorted, for every point in a zone
+        (its boundary included). Non-finite points fall in no zone."""
+        return self._tree.locate(_points_array(points, copy=False))
+
+    def zones_of(self, points: np.ndarray) -> list[tuple[str, ...]]:
+        """For each point, the names of the zones it falls in."""
+        pts = _points_array(points, copy=False)
+        found: list[list[str]] = [[] for _ in range(len(pts))]
+        for p, z in zip(*self._tree.locate(pts)):
+            found[p].append(self.names[z])
+        return [tuple(names) for names in found]
+
+    def zones_touching(self, points: np.ndarray) -> tuple[str, ...]:
+        """The names of every zone any of the points falls in."""
+        _, zones = self._tree.locate(_points_array(points, copy=False))
+        return tuple(self.names[z] for z in np.unique(zones))
+
+
+def convex_hull(points: np.ndarray) -> np.ndarray:
+    """The convex hull of a point set as (K, 2) vertices: a closed ring when the
+    points span an area, fewer when they are collinear or one. NaN points are
+    left out."""
+    pts = _points_array(points, copy=False)
+    return _geos.convex_hull(pts)
+
+
+def voxel_select(points: np.ndarray, size: float) -> np.ndarray:
+    """Indices of the first point in each occupied voxel of edge ``size``.
+
+    The grid is anchored at the origin; non-finite points are dropped; a size
+    of 0 keeps every finite point."""
+    if not np.isfinite(size) or size < 0:
+        raise ValueError(f"voxel size must be a finite number >= 0, got {size}")
+    return _points.voxel_select(_points_array(points, copy=False), size)
+
+
+def bbox_select(points: np.ndarray, bbox: Sequence[float]) -> np.ndarray:
+    """Indices of the points inside (minx, miny, minz, maxx, maxy, maxz), bounds
+    inclusive; z is ignored for (N, 2) input."""
+    box = np.asarray(bbox, dtype=np.float64)
+    if box.shape != (6,):
+        raise ValueError("bbox needs six numbers: minx, miny, minz, maxx, maxy, maxz")
+    if np.any(box[:3] > box[3:]):
+        raise GeometryError(f"bbox minimum exceeds maximum: {list(box)}")
+    return _points.bbox_select(_points_array(points, copy=False), box)
+
+
+def library_versions() -> dict[str, object]:
+    """The GEOS and PROJ the extension runs with, and what it was built against."""
+    return {
+        "geos": _geos.geos_version(),
+        "geos_build": _geos.build_version(),
+        "proj": _proj.proj_version(),
+        "prepared_xy": _geos.CAP_PREPARED_XY,
+    }

@@ -1,0 +1,94 @@
+/*
+ * gatewayd native core: the C side of the cffi extension gatewayd._native.
+ *
+ * Loops over whole batches live here so that Python crosses the FFI boundary
+ * once per batch, not once per point. Message handlers are plain C functions
+ * (no ffi.callback: the hardened unit forbids writable+executable memory);
+ * they copy GEOS's and PROJ's messages into the context struct, and the Python
+ * wrapper drains them into logging after each call.
+ */
+#ifndef GATEWAYD_NATIVE_H
+#define GATEWAYD_NATIVE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define GEOS_USE_ONLY_R_API
+#include <geos_c.h>
+#include <proj.h>
+
+/* Bumped whenever the C API below changes; checked by the Python wrapper. */
+#define GW_ABI_VERSION 1
+
+#define GW_MSG_LEN 512
+
+/* Capability flags, fixed at build time by the GEOS headers. */
+#define GW_CAP_PREPARED_XY 1 /* GEOSPreparedIntersectsXY_r (GEOS >= 3.12) */
+#define GW_CAP_STRTREE_BUILD 2 /* GEOSSTRtree_build_r (GEOS >= 3.12) */
+
+typedef struct gw_geos {
+    GEOSContextHandle_t handle;
+    int n_errors;
+    int n_notices;
+    char error[GW_MSG_LEN];
+    char notice[GW_MSG_LEN];
+} gw_geos;
+
+typedef struct gw_proj {
+    PJ_CONTEXT *ctx;
+    int n_errors;
+    char error[GW_MSG_LEN];
+} gw_proj;
+
+typedef struct gw_zones gw_zones;
+
+int gw_abi_version(void);
+int gw_capabilities(void);
+const char *gw_geos_build_version(void);
+
+/* ---- GEOS context ---- */
+gw_geos *gw_geos_new(void);
+void gw_geos_free(gw_geos *g);
+
+/* ---- geometry batches ---- */
+int64_t gw_build_polygons(gw_geos *g, const double *coords, int64_t n_coords,
+                          const int64_t *ring_offsets, int64_t n_rings,
+                          const int64_t *polygon_offsets, int64_t n_polygons,
+                          const int64_t *part_offsets, const uint8_t *multi,
+                          int64_t n_geoms, GEOSGeometry **out,
+                          char *errors, size_t error_stride);
+void gw_geoms_free(gw_geos *g, GEOSGeometry **geoms, int64_t n);
+int64_t gw_validity(gw_geos *g, GEOSGeometry *const *geoms, int64_t n,
+                    uint8_t *valid, char *reasons, size_t reason_stride);
+int64_t gw_make_valid(gw_geos *g, GEOSGeometry *const *geoms, int64_t n,
+                      GEOSGeometry **out);
+int64_t gw_area(gw_geos *g, GEOSGeometry *const *geoms, int64_t n, double *out);
+int64_t gw_geodesic_area(gw_geos *g, GEOSGeometry *const *geoms, int64_t n,
+                         double a, double f, double *out);
+int64_t gw_convex_hull(gw_geos *g, const double *xyz, int64_t n, int dims,
+                       double *out, int64_t out_capacity);
+
+/* ---- zones ---- */
+gw_zones *gw_zones_new(gw_geos *g, GEOSGeometry **geoms, int64_t n);
+void gw_zones_free(gw_zones *z);
+int64_t gw_zones_locate(gw_zones *z, const double *xy, int64_t n, int dims,
+                        int64_t **pairs);
+void gw_free(void *p);
+
+/* ---- points ---- */
+int64_t gw_voxel_select(const double *xyz, int64_t n, int dims, double size,
+                        int64_t *out_index);
+int64_t gw_bbox_select(const double *xyz, int64_t n, int dims,
+                       const double *bbox, int64_t *out_index);
+int64_t gw_count_nonfinite(const double *xyz, int64_t n, int dims);
+
+/* ---- PROJ ---- */
+gw_proj *gw_proj_new(void);
+void gw_proj_free(gw_proj *p);
+PJ *gw_proj_crs(gw_proj *p, const char *definition);
+PJ *gw_proj_transformation(gw_proj *p, PJ *source, PJ *target);
+void gw_pj_free(PJ *pj);
+int64_t gw_transform(gw_proj *p, PJ *pj, int direction, double *xyz, int64_t n,
+                     int dims);
+
+#endif
