@@ -1,7 +1,6 @@
 /* gatewayd's own C API (native/src/gateway.h), as cffi sees it. */
 #define GW_MSG_LEN 512
 #define GW_CAP_PREPARED_XY 1
-#define GW_CAP_STRTREE_BUILD 2
 
 typedef struct gw_geos {
     GEOSContextHandle_t handle;

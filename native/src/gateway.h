@@ -24,7 +24,6 @@
 
 /* Capability flags, fixed at build time by the GEOS headers. */
 #define GW_CAP_PREPARED_XY 1 /* GEOSPreparedIntersectsXY_r (GEOS >= 3.12) */
-#define GW_CAP_STRTREE_BUILD 2 /* GEOSSTRtree_build_r (GEOS >= 3.12) */
 
 typedef struct gw_geos {
     GEOSContextHandle_t handle;

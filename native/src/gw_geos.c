@@ -20,7 +20,7 @@ int gw_capabilities(void)
 {
     int caps = 0;
 #if GW_GEOS_AT_LEAST(3, 12)
-    caps |= GW_CAP_PREPARED_XY | GW_CAP_STRTREE_BUILD;
+    caps |= GW_CAP_PREPARED_XY;
 #endif
     return caps;
 }
@@ -185,6 +185,114 @@ void gw_geoms_free(gw_geos *g, GEOSGeometry **geoms, int64_t n)
     }
 }
 
+/* ---- a fast certificate for simple shells ----
+ *
+ * Most polygons a gateway sees are one simple ring. Proving that such a ring
+ * is simple costs far less than GEOS's full IsValidOp, so it is tried first.
+ * It only ever answers "certainly valid" or "ask GEOS": every doubtful case
+ * (a touching or crossing pair, collinear neighbours, repeated positions, a
+ * determinant too close to zero to trust) goes to GEOS, whose verdict and
+ * reason text stay the reference.
+ */
+#define GW_FAST_MAX_VERTICES 256
+
+/* Sign of the orientation of (a, b, c): +1, -1, or 0 when the floating-point
+ * determinant cannot be trusted (Shewchuk's static error bound). */
+static int gw_orient(const double *a, const double *b, const double *c)
+{
+    double left = (a[0] - c[0]) * (b[1] - c[1]);
+    double right = (a[1] - c[1]) * (b[0] - c[0]);
+    double det = left - right;
+    double bound = 3.3306690738754716e-16 * (fabs(left) + fabs(right));
+    if (det > bound)
+        return 1;
+    if (-det > bound)
+        return -1;
+    return 0;
+}
+
+typedef struct {
+    double minx, maxx, miny, maxy;
+    int64_t i;
+} gw_segbox;
+
+static int gw_cmp_minx(const void *a, const void *b)
+{
+    double x = ((const gw_segbox *)a)->minx, y = ((const gw_segbox *)b)->minx;
+    return (x > y) - (x < y);
+}
+
+/* 0: the segments i and j are certainly disjoint; 1: they cross or touch, or
+ * the arithmetic cannot tell. */
+static int gw_segments_may_meet(const double *xy, int64_t i, int64_t j)
+{
+    const double *a = xy + 2 * i, *b = xy + 2 * (i + 1);
+    const double *c = xy + 2 * j, *d = xy + 2 * (j + 1);
+    int o1 = gw_orient(a, b, c), o2 = gw_orient(a, b, d);
+    if (o1 != 0 && o1 == o2)
+        return 0;
+    int o3 = gw_orient(c, d, a), o4 = gw_orient(c, d, b);
+    if (o3 != 0 && o3 == o4)
+        return 0;
+    return 1;
+}
+
+static int gw_ring_certainly_simple(const double *xy, int64_t n)
+{
+    int64_t m = n - 1; /* segments; xy[n-1] == xy[0] */
+    gw_segbox boxes[GW_FAST_MAX_VERTICES];
+    if (n < 4 || n > GW_FAST_MAX_VERTICES)
+        return 0;
+    if (xy[0] != xy[2 * m] || xy[1] != xy[2 * m + 1])
+        return 0;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(xy[2 * i]) || !isfinite(xy[2 * i + 1]))
+            return 0;
+    for (int64_t i = 0; i < m; i++) {
+        const double *a = xy + 2 * i, *b = xy + 2 * (i + 1);
+        if (gw_orient(a, b, xy + 2 * ((i + 2) % m)) == 0)
+            return 0; /* repeated point, spike or straight run */
+        boxes[i].minx = a[0] < b[0] ? a[0] : b[0];
+        boxes[i].maxx = a[0] < b[0] ? b[0] : a[0];
+        boxes[i].miny = a[1] < b[1] ? a[1] : b[1];
+        boxes[i].maxy = a[1] < b[1] ? b[1] : a[1];
+        boxes[i].i = i;
+    }
+    /* Sweep along x: only segments whose x-extents overlap are compared. */
+    qsort(boxes, (size_t)m, sizeof boxes[0], gw_cmp_minx);
+    for (int64_t p = 0; p < m; p++) {
+        for (int64_t q = p + 1; q < m && boxes[q].minx <= boxes[p].maxx; q++) {
+            if (boxes[q].maxy < boxes[p].miny || boxes[p].maxy < boxes[q].miny)
+                continue;
+            int64_t i = boxes[p].i, j = boxes[q].i;
+            int64_t gap = i > j ? i - j : j - i;
+            if (gap == 1 || gap == m - 1)
+                continue; /* neighbours share a vertex, checked above */
+            if (gw_segments_may_meet(xy, i, j))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* A Polygon with one finite closed shell and no holes, simple for certain. */
+static int gw_certainly_valid(gw_geos *g, const GEOSGeometry *geom)
+{
+    if (GEOSGeomTypeId_r(g->handle, geom) != GEOS_POLYGON ||
+        GEOSGetNumInteriorRings_r(g->handle, geom) != 0 || GEOSisEmpty_r(g->handle, geom))
+        return 0;
+    const GEOSCoordSequence *seq =
+        GEOSGeom_getCoordSeq_r(g->handle, GEOSGetExteriorRing_r(g->handle, geom));
+    unsigned int size = 0;
+    if (seq == NULL || !GEOSCoordSeq_getSize_r(g->handle, seq, &size) ||
+        size > GW_FAST_MAX_VERTICES)
+        return 0;
+    double xy[2 * GW_FAST_MAX_VERTICES];
+    if (!GEOSCoordSeq_copyToBuffer_r(g->handle, seq, xy, 0, 0))
+        return 0;
+    return gw_ring_certainly_simple(xy, size);
+}
+
 int64_t gw_validity(gw_geos *g, GEOSGeometry *const *geoms, int64_t n,
                     uint8_t *valid, char *reasons, size_t reason_stride)
 {
@@ -194,6 +302,11 @@ int64_t gw_validity(gw_geos *g, GEOSGeometry *const *geoms, int64_t n,
         if (geoms[i] == NULL) {
             /* The builder already wrote why it could not be built. */
             invalid++;
+            continue;
+        }
+        if (gw_certainly_valid(g, geoms[i])) {
+            valid[i] = 1;
+            gw_set_error(reasons, reason_stride, i, "");
             continue;
         }
         g->error[0] = '\0';
