@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 class ProjContext:
     """One PJ_CONTEXT with its cached transformations, bound to one process."""
 
-    __slots__ = ("__weakref__", "_errors_seen", "pid", "ptr", "transformations")
+    __slots__ = ("__weakref__", "_errors_seen", "epoch", "pid", "ptr", "transformations")
 
     def __init__(self) -> None:
         ptr = lib.gw_proj_new()
@@ -31,6 +31,7 @@ class ProjContext:
             raise NativeError("could not create a PROJ context")
         self.ptr: Any = ptr
         self.pid = os.getpid()
+        self.epoch = _fork_epoch
         self.transformations: dict[tuple[str, str], Transformation] = {}
         self._errors_seen = 0
 
@@ -102,9 +103,12 @@ class Transformation:
     def transform_inplace(self, xyz: np.ndarray, direction: int = 1) -> int:
         """Transforms a C-contiguous float64 (N, 2|3) array in place; returns the failures."""
         ctx = self._ctx
-        if ctx.pid != os.getpid():
+        # The fork epoch, not os.getpid(): a syscall per chunk is measurable.
+        if ctx.epoch != _fork_epoch:
             raise NativeError("a transformation cannot cross into another process")
         n, dims = xyz.shape
+        if dims != 2 and dims != 3:
+            raise ValueError(f"expected an (N, 2) or (N, 3) array, got {xyz.shape}")
         failed: int = lib.gw_transform(
             ctx.ptr, self.pj, direction, ffi.from_buffer("double[]", xyz), n, dims
         )
@@ -120,12 +124,14 @@ class Transformation:
 
 _local = threading.local()
 _versions_logged = False
+_fork_epoch = 0
 
 
 def _forget_after_fork() -> None:
-    global _local, _versions_logged
+    global _local, _versions_logged, _fork_epoch
     _local = threading.local()
     _versions_logged = False
+    _fork_epoch += 1
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -135,13 +141,22 @@ def context() -> ProjContext:
     """This process's and thread's PROJ context, created on first use."""
     global _versions_logged
     ctx: ProjContext | None = getattr(_local, "proj", None)
-    if ctx is None or ctx.pid != os.getpid():
+    if ctx is None or ctx.epoch != _fork_epoch:
         ctx = ProjContext()
         _local.proj = ctx
         if not _versions_logged:
             _versions_logged = True
             logger.info("PROJ %s", proj_version())
     return ctx
+
+
+def transformation(source: str, target: str) -> Transformation:
+    """The cached transformation in this process's context."""
+    ctx: ProjContext | None = getattr(_local, "proj", None)
+    if ctx is None or ctx.epoch != _fork_epoch:
+        ctx = context()
+    found = ctx.transformations.get((source, target))
+    return found if found is not None else ctx.transformation(source, target)
 
 
 def proj_version() -> str:

@@ -68,25 +68,26 @@ def transform(
     With ``inplace`` the array (C-contiguous float64, writable) is overwritten.
     """
     if inplace:
+        # Checked cheaply: at 128 points a chunk, each check is a percent.
+        flags = coords.flags if type(coords) is np.ndarray else None
         if (
-            not isinstance(coords, np.ndarray)
-            or coords.dtype != np.float64
-            or not coords.flags.c_contiguous
-            or not coords.flags.writeable
+            flags is None
+            or coords.dtype.char != "d"
+            or not flags.c_contiguous
+            or not flags.writeable
+            or coords.ndim != 2
         ):
-            raise ValueError("inplace transform needs a writable C-contiguous float64 array")
-        if coords.ndim != 2 or coords.shape[1] not in (2, 3):
-            raise ValueError(f"expected an (N, 2) or (N, 3) array, got {coords.shape}")
+            raise ValueError("inplace transform needs a writable C-contiguous (N, 2|3) float64 array")
         points = coords
     else:
         points = _points_array(coords, copy=True)
-    failed = _proj.context().transformation(source, target).transform_inplace(points)
+    failed = _proj.transformation(source, target).transform_inplace(points)
     return TransformResult(points, failed)
 
 
 def check_crs(definition: str) -> None:
     """Raises CRSError, naming the string and PROJ's message, if PROJ does not know it."""
-    _proj.context().transformation(definition, definition)
+    _proj.transformation(definition, definition)
 
 
 class Polygons:

@@ -113,13 +113,19 @@ int64_t gw_transform(gw_proj *p, PJ *pj, int direction, double *xyz, int64_t n, 
     (void)p;
     if (n <= 0)
         return 0;
-    proj_errno_reset(pj);
+    /* PROJ resets the operation's errno itself on every point. */
     proj_trans_generic(pj, direction == 1 ? PJ_FWD : PJ_INV,
                        xyz, stride, (size_t)n,
                        xyz + 1, stride, (size_t)n,
                        dims > 2 ? xyz + 2 : NULL, dims > 2 ? stride : 0, dims > 2 ? (size_t)n : 0,
                        NULL, 0, 0);
-    proj_errno_reset(pj);
+    /* x * 0 is 0 for every finite x and NaN for inf or NaN: one vectorisable
+     * pass proves the usual case, all points transformed, cheaply. */
+    double probe = 0.0;
+    for (int64_t k = 0; k < n * dims; k++)
+        probe += xyz[k] * 0.0;
+    if (probe == 0.0)
+        return 0;
     int64_t failed = 0;
     for (int64_t i = 0; i < n; i++) {
         double *q = xyz + i * dims;
