@@ -249,6 +249,19 @@ def convex_hull(points: np.ndarray) -> np.ndarray:
     return out[:count].copy()
 
 
+def _take_pairs(out: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
+    if count < 0:
+        raise MemoryError("zone lookup ran out of memory")
+    if out[0] == ffi.NULL:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty.copy()
+    try:
+        pairs = np.frombuffer(ffi.buffer(out[0], count * 16), dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0].copy(), pairs[:, 1].copy()
+    finally:
+        lib.gw_free(out[0])
+
+
 class ZoneTree:
     """Prepared zone polygons in an STRtree, owned by one process."""
 
@@ -268,13 +281,15 @@ class ZoneTree:
         n, dims = points.shape
         out = ffi.new("int64_t **")
         count = lib.gw_zones_locate(self._ptr, _doubles(points), n, dims, out)
-        if count < 0:
-            raise MemoryError("zone lookup ran out of memory")
-        try:
-            pairs = np.frombuffer(ffi.buffer(out[0], count * 16), dtype=np.int64).reshape(-1, 2)
-            return pairs[:, 0].copy(), pairs[:, 1].copy()
-        finally:
-            lib.gw_free(out[0])
+        return _take_pairs(out, count)
+
+    def intersecting(self, geoms: GeometryArray) -> tuple[np.ndarray, np.ndarray]:
+        """(geometry index, zone index) pairs for every zone a geometry intersects."""
+        if self._ctx.pid != os.getpid() or geoms._ctx is not self._ctx:
+            raise NativeError("geometries and zones must belong to this process's context")
+        out = ffi.new("int64_t **")
+        count = lib.gw_zones_intersecting(self._ptr, geoms.ptrs, geoms.n, out)
+        return _take_pairs(out, count)
 
     def close(self) -> None:
         if self._ptr != ffi.NULL and self._ctx.pid == os.getpid():

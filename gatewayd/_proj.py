@@ -55,6 +55,18 @@ class ProjContext:
             raise CRSError(f"unknown CRS {definition!r}", crs=definition, native=native)
         return pj
 
+    def is_angular(self, definition: str) -> bool:
+        """Whether the CRS's horizontal axes are angles (degrees), not lengths."""
+        pj = self.crs(definition)
+        try:
+            answer = lib.gw_proj_crs_is_angular(self.ptr, pj)
+        finally:
+            lib.gw_pj_free(pj)
+        if answer < 0:
+            raise CRSError(f"cannot tell the axes of CRS {definition!r}", crs=definition,
+                           native=self.error())
+        return bool(answer)
+
     def transformation(self, source: str, target: str) -> Transformation:
         key = (source, target)
         found = self.transformations.get(key)

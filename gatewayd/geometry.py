@@ -21,7 +21,9 @@ __all__ = [
     "TransformResult",
     "ZoneIndex",
     "bbox_select",
+    "check_crs",
     "convex_hull",
+    "is_geographic",
     "library_versions",
     "transform",
     "voxel_select",
@@ -88,6 +90,11 @@ def transform(
 def check_crs(definition: str) -> None:
     """Raises CRSError, naming the string and PROJ's message, if PROJ does not know it."""
     _proj.transformation(definition, definition)
+
+
+def is_geographic(definition: str) -> bool:
+    """Whether a CRS's horizontal coordinates are angles (lon/lat), not metres."""
+    return _proj.context().is_angular(definition)
 
 
 class Polygons:
@@ -221,6 +228,13 @@ class ZoneIndex:
         found: list[list[str]] = [[] for _ in range(len(pts))]
         for p, z in zip(*self._tree.locate(pts)):
             found[p].append(self.names[z])
+        return [tuple(names) for names in found]
+
+    def zones_of_polygons(self, polygons: Polygons) -> list[tuple[str, ...]]:
+        """For each polygon, the names of the zones it intersects."""
+        found: list[list[str]] = [[] for _ in range(len(polygons))]
+        for g, z in zip(*self._tree.intersecting(polygons._geoms)):
+            found[g].append(self.names[z])
         return [tuple(names) for names in found]
 
     def zones_touching(self, points: np.ndarray) -> tuple[str, ...]:

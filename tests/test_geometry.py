@@ -410,3 +410,30 @@ def test_validity_on_integer_grids_full_of_touching_and_collinear_cases_matches_
         oracle = shapely.is_valid(np.array([shapely.Polygon(r) for r in rings]))
     np.testing.assert_array_equal(valid, oracle)
     assert 0 < valid.sum() < len(rings)
+
+
+def test_zones_of_polygons_matches_shapely_intersects():
+    zones = _zone_squares(300)
+    index = geometry.ZoneIndex(geometry.Polygons.from_rings([[z] for z in zones]),
+                               [str(i) for i in range(len(zones))])
+    probes = _random_polygons(200, 8)
+    for p in probes:
+        p[0] += 50.0  # move the probes over the zones
+    found = index.zones_of_polygons(geometry.Polygons.from_rings([[p] for p in probes]))
+    tree = shapely.STRtree(shapely.polygons([z[0] for z in zones]))
+    with np.errstate(invalid="ignore"):
+        expected = tree.query(shapely.polygons([p[0] for p in probes]), predicate="intersects")
+    theirs: list[set[str]] = [set() for _ in probes]
+    for g, z in zip(*expected):
+        theirs[g].add(str(z))
+    assert [set(f) for f in found] == theirs
+    assert sum(map(len, found)) > 50
+
+
+@pytest.mark.parametrize(("crs", "angular"), [
+    ("EPSG:4326", True), ("EPSG:4979", True), ("EPSG:32632", False), ("EPSG:3857", False),
+    ("EPSG:4978", False), ("EPSG:5972", False), ("EPSG:9518", True),
+])
+def test_is_geographic_agrees_with_pyproj(crs, angular):
+    assert geometry.is_geographic(crs) is angular
+    assert pyproj.CRS(crs).is_geographic is angular

@@ -72,6 +72,8 @@ gw_zones *gw_zones_new(gw_geos *g, GEOSGeometry **geoms, int64_t n);
 void gw_zones_free(gw_zones *z);
 int64_t gw_zones_locate(gw_zones *z, const double *xy, int64_t n, int dims,
                         int64_t **pairs);
+int64_t gw_zones_intersecting(gw_zones *z, GEOSGeometry *const *geoms, int64_t n,
+                              int64_t **pairs);
 void gw_free(void *p);
 
 /* ---- points ---- */
@@ -87,6 +89,7 @@ void gw_proj_free(gw_proj *p);
 PJ *gw_proj_crs(gw_proj *p, const char *definition);
 PJ *gw_proj_transformation(gw_proj *p, PJ *source, PJ *target);
 void gw_pj_free(PJ *pj);
+int gw_proj_crs_is_angular(gw_proj *p, PJ *crs);
 int64_t gw_transform(gw_proj *p, PJ *pj, int direction, double *xyz, int64_t n,
                      int dims);
 

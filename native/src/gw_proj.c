@@ -99,6 +99,26 @@ PJ *gw_proj_transformation(gw_proj *p, PJ *source, PJ *target)
     return normalized;
 }
 
+/* 1 when the CRS's axes are angular (a geographic CRS, or a compound one
+ * built on it), 0 when they are linear, -1 when PROJ cannot say. */
+int gw_proj_crs_is_angular(gw_proj *p, PJ *crs)
+{
+    PJ *horizontal = NULL;
+    if (proj_get_type(crs) == PJ_TYPE_COMPOUND_CRS)
+        crs = horizontal = proj_crs_get_sub_crs(p->ctx, crs, 0);
+    if (crs == NULL)
+        return -1;
+    PJ *cs = proj_crs_get_coordinate_system(p->ctx, crs);
+    int result = -1;
+    if (cs != NULL) {
+        result = proj_cs_get_type(p->ctx, cs) == PJ_CS_TYPE_ELLIPSOIDAL;
+        proj_destroy(cs);
+    }
+    if (horizontal != NULL)
+        proj_destroy(horizontal);
+    return result;
+}
+
 void gw_pj_free(PJ *pj)
 {
     if (pj != NULL)

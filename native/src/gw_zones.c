@@ -267,3 +267,66 @@ int64_t gw_zones_locate(gw_zones *z, const double *xy, int64_t n, int dims, int6
     *pairs = out.data;
     return out.len / 2;
 }
+
+static int gw_boxes_overlap(const gw_node *node, double minx, double miny, double maxx,
+                            double maxy)
+{
+    return node->minx <= maxx && minx <= node->maxx && node->miny <= maxy && miny <= node->maxy;
+}
+
+/* Like gw_zones_locate, for geometries: (geometry, zone) pairs for every zone
+ * a geometry intersects. NULL or empty geometries are in no zone. */
+int64_t gw_zones_intersecting(gw_zones *z, GEOSGeometry *const *geoms, int64_t n,
+                              int64_t **pairs)
+{
+    GEOSContextHandle_t h = z->g->handle;
+    gw_vec out = {0}, hits = {0};
+    int64_t stack_level[64 * GW_NODE_CAPACITY], stack_node[64 * GW_NODE_CAPACITY];
+    *pairs = NULL;
+    if (z->level_size[0] == 0)
+        return 0;
+    int top_level = z->levels - 1;
+    for (int64_t i = 0; i < n; i++) {
+        double minx, miny, maxx, maxy;
+        if (geoms[i] == NULL || GEOSisEmpty_r(h, geoms[i]) ||
+            !GEOSGeom_getXMin_r(h, geoms[i], &minx) || !GEOSGeom_getYMin_r(h, geoms[i], &miny) ||
+            !GEOSGeom_getXMax_r(h, geoms[i], &maxx) || !GEOSGeom_getYMax_r(h, geoms[i], &maxy))
+            continue;
+        int sp = 0;
+        hits.len = 0;
+        for (int64_t r = 0; r < z->level_size[top_level]; r++) {
+            stack_level[sp] = top_level;
+            stack_node[sp++] = r;
+        }
+        while (sp > 0) {
+            sp--;
+            int level = (int)stack_level[sp];
+            const gw_node *node = &z->level[level][stack_node[sp]];
+            if (!gw_boxes_overlap(node, minx, miny, maxx, maxy))
+                continue;
+            if (level == 0) {
+                int64_t zone = node->start;
+                if (GEOSPreparedIntersects_r(h, z->prepared[zone], geoms[i]) == 1 &&
+                    !gw_vec_push(&hits, zone))
+                    goto fail;
+                continue;
+            }
+            for (int64_t c = 0; c < node->count && sp < 64 * GW_NODE_CAPACITY; c++) {
+                stack_level[sp] = level - 1;
+                stack_node[sp++] = node->start + c;
+            }
+        }
+        if (hits.len > 1)
+            qsort(hits.data, (size_t)hits.len, sizeof(int64_t), gw_cmp_int64);
+        for (int64_t k = 0; k < hits.len; k++)
+            if (!(gw_vec_push(&out, i) && gw_vec_push(&out, hits.data[k])))
+                goto fail;
+    }
+    free(hits.data);
+    *pairs = out.data;
+    return out.len / 2;
+fail:
+    free(hits.data);
+    free(out.data);
+    return -1;
+}
