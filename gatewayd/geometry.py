@@ -18,6 +18,7 @@ from gatewayd.errors import GeometryError
 
 __all__ = [
     "Polygons",
+    "RaggedArrays",
     "TransformResult",
     "ZoneIndex",
     "bbox_select",
@@ -166,7 +167,9 @@ def _check_offsets(offsets: np.ndarray, limit: int, name: str) -> None:
         raise ValueError(f"{name} must not decrease")
 
 
-class _Packed(NamedTuple):
+class RaggedArrays(NamedTuple):
+    """Polygons as flat arrays (see RaggedPolygons)."""
+
     coords: np.ndarray
     ring_offsets: np.ndarray
     polygon_offsets: np.ndarray
@@ -176,7 +179,7 @@ class _Packed(NamedTuple):
 
 def pack(
     geometries: Sequence[Sequence[Sequence[np.ndarray]]], multi: Sequence[bool] = ()
-) -> _Packed:
+) -> RaggedArrays:
     """Flattens geometry → polygons → rings into ragged arrays."""
     rings: list[np.ndarray] = []
     ring_offsets = [0]
@@ -194,7 +197,7 @@ def pack(
         list(multi) if multi else [len(p) != 1 for p in geometries], dtype=np.uint8
     )
     coords = np.concatenate(rings) if rings else np.empty((0, 2))
-    return _Packed(
+    return RaggedArrays(
         np.ascontiguousarray(coords),
         np.array(ring_offsets, dtype=np.int64),
         np.array(polygon_offsets, dtype=np.int64),

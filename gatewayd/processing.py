@@ -1,0 +1,261 @@
+"""What a worker process does with a chunk: the geometry work of the pipeline.
+
+This module runs inside the worker processes. ``init`` is the worker's
+initializer: it builds the zone index once (from coordinates memory-mapped
+read-only from a file every worker shares) and warms the native contexts.
+``handle`` takes one task and returns its result; tasks and results are
+small typed messages, except LiDAR points, which stay in shared memory and are
+transformed in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gatewayd import geometry
+
+logger = logging.getLogger(__name__)
+
+LONLAT = "EPSG:4326"
+_METRES_PER_DEGREE = 111_320.0
+
+__all__ = [
+    "BlockResult",
+    "BlockTask",
+    "FixResult",
+    "FixTask",
+    "FootprintTask",
+    "PolygonOutcome",
+    "PolygonTask",
+    "WorkerSettings",
+    "handle",
+    "init",
+    "save_zones",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    zones_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FixTask:
+    lonlat: np.ndarray  # (N, 2) WGS84 longitude, latitude
+    crs_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class FixResult:
+    xy: np.ndarray  # (N, 2) in crs_to; NaN where PROJ failed
+    zones: list[tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class PolygonTask:
+    coords: np.ndarray
+    ring_offsets: np.ndarray
+    polygon_offsets: np.ndarray
+    part_offsets: np.ndarray
+    multi: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class PolygonOutcome:
+    valid: bool
+    reason: str
+    repaired: bool
+    geometry: str | None  # GeoJSON text, repaired when invalid
+    area_m2: float | None
+    zones: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTask:
+    """Points [start, stop) of a frame held in shared memory (``points``)."""
+
+    points: Any  # a shared-array handle the worker pool resolves to an (N, 3) view
+    start: int
+    stop: int
+    crs_from: str
+    crs_to: str
+    voxel_size: float
+    finish: bool  # the frame is this one block: make its footprint here
+
+
+@dataclass(frozen=True, slots=True)
+class BlockResult:
+    kept: np.ndarray  # frame indices of the kept points, in order
+    failed: int  # points PROJ could not transform (dropped)
+    bbox: tuple[float, ...] | None  # minx, miny, minz, maxx, maxy, maxz in crs_to
+    hull_lonlat: np.ndarray  # vertices of this block's hull, lon/lat
+    footprint: dict[str, Any] | None = None
+    zones: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FootprintTask:
+    hull_lonlat: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class FootprintResult:
+    footprint: dict[str, Any] | None
+    zones: tuple[str, ...]
+
+
+class _State:
+    zones: geometry.ZoneIndex | None = None
+
+
+_state = _State()
+
+
+def save_zones(zones_dir: Path, arrays: Any, names: list[str]) -> None:
+    """Writes zone polygons (ragged arrays) where workers memory-map them."""
+    zones_dir.mkdir(parents=True, exist_ok=True)
+    for field in ("coords", "ring_offsets", "polygon_offsets", "part_offsets", "multi"):
+        np.save(zones_dir / f"{field}.npy", np.ascontiguousarray(getattr(arrays, field)))
+    (zones_dir / "names.json").write_text(json.dumps(names))
+
+
+def _load_zones(zones_dir: str) -> geometry.ZoneIndex:
+    root = Path(zones_dir)
+    arrays = geometry.RaggedArrays(
+        *(np.load(root / f"{f}.npy", mmap_mode="r") for f in
+          ("coords", "ring_offsets", "polygon_offsets", "part_offsets", "multi"))
+    )
+    names = json.loads((root / "names.json").read_text())
+    polygons = geometry.Polygons.from_ragged(arrays).make_valid()
+    return geometry.ZoneIndex(polygons, names)
+
+
+def init(settings: WorkerSettings) -> None:
+    """Worker initializer: native contexts and the zone index, once."""
+    _state.zones = _load_zones(settings.zones_dir) if settings.zones_dir else None
+    geometry.check_crs(LONLAT)
+    logger.debug("worker ready: %d zones, %s", len(_state.zones or ()),
+                 geometry.library_versions())
+
+
+def handle(task: object) -> object:
+    if isinstance(task, FixTask):
+        return _fixes(task)
+    if isinstance(task, PolygonTask):
+        return _polygons(task)
+    if isinstance(task, BlockTask):
+        raise TypeError("a BlockTask needs its points resolved: use handle_block")
+    if isinstance(task, FootprintTask):
+        footprint, zones = _footprint(task.hull_lonlat)
+        return FootprintResult(footprint, zones)
+    raise TypeError(f"unknown task {type(task).__name__}")
+
+
+def _fixes(task: FixTask) -> FixResult:
+    lonlat = np.ascontiguousarray(task.lonlat, dtype=np.float64)
+    xy = lonlat if task.crs_to == LONLAT else geometry.transform(lonlat, LONLAT, task.crs_to).points
+    zones = _state.zones.zones_of(lonlat) if _state.zones else [() for _ in range(len(lonlat))]
+    return FixResult(xy, zones)
+
+
+def _polygons(task: PolygonTask) -> list[PolygonOutcome]:
+    polygons = geometry.Polygons.from_ragged(task)
+    valid, reasons = polygons.validity()
+    fixed = polygons if valid.all() else polygons.make_valid()
+    areas = np.where(valid, polygons.geodesic_area(), fixed.geodesic_area())
+    zones: list[tuple[str, ...]] = [() for _ in range(len(polygons))]
+    if _state.zones is not None:
+        as_given = _state.zones.zones_of_polygons(polygons)
+        as_fixed = as_given if fixed is polygons else _state.zones.zones_of_polygons(fixed)
+        zones = [a if ok else b for ok, a, b in zip(valid, as_given, as_fixed)]
+    out = []
+    for i, ok in enumerate(valid):
+        geojson = (polygons if ok else fixed).geojson(i)
+        area = float(areas[i])
+        out.append(
+            PolygonOutcome(
+                valid=bool(ok),
+                reason=reasons[i],
+                repaired=not ok and geojson is not None,
+                geometry=geojson,
+                area_m2=area if geojson is not None and math.isfinite(area) else None,
+                zones=zones[i],
+            )
+        )
+    return out
+
+
+def handle_block(task: BlockTask, points: np.ndarray) -> BlockResult:
+    """Voxel-downsamples, transforms and outlines one block of a frame.
+
+    ``points`` is the whole frame's (N, 3) shared array. The kept points of
+    the block are written, transformed, to the front of the block's range.
+    The voxel grid is laid in whichever CRS measures metres: the source if it
+    is projected, else the target; for lon/lat on both sides the voxel edge
+    is converted to degrees at the block's latitude.
+    """
+    block = points[task.start:task.stop]
+    src_geographic = geometry.is_geographic(task.crs_from)
+    dst_geographic = geometry.is_geographic(task.crs_to)
+    size = task.voxel_size
+    failed = 0
+    if size > 0 and src_geographic and not dst_geographic:
+        failed += geometry.transform(block, task.crs_from, task.crs_to, inplace=True).failed
+        kept = geometry.voxel_select(block, size)
+        compact = np.ascontiguousarray(block[kept])
+    else:
+        if size > 0 and src_geographic:
+            size = _degrees(size, block)
+        kept = geometry.voxel_select(block, size)
+        compact = np.ascontiguousarray(block[kept])
+        failed += geometry.transform(compact, task.crs_from, task.crs_to, inplace=True).failed
+    if failed:
+        finite = np.isfinite(compact).all(axis=1)
+        kept, compact = kept[finite], np.ascontiguousarray(compact[finite])
+    block[: len(compact)] = compact
+
+    if len(compact):
+        bbox: tuple[float, ...] | None = tuple(
+            float(v) for v in (*compact.min(axis=0), *compact.max(axis=0))
+        )
+        hull = geometry.convex_hull(compact)
+        hull_lonlat = (
+            hull if dst_geographic
+            else geometry.transform(hull, task.crs_to, LONLAT).points
+        )
+    else:
+        bbox, hull_lonlat = None, np.empty((0, 2))
+    result = BlockResult(kept + task.start, failed, bbox, hull_lonlat)
+    if task.finish:
+        footprint, zones = _footprint(hull_lonlat)
+        result = BlockResult(result.kept, failed, bbox, hull_lonlat, footprint, zones)
+    return result
+
+
+def _degrees(metres: float, lonlat: np.ndarray) -> float:
+    lat = float(np.nanmean(lonlat[:, 1])) if len(lonlat) else 0.0
+    scale = max(math.cos(math.radians(lat)), 1e-6) if math.isfinite(lat) else 1.0
+    return metres / (_METRES_PER_DEGREE * scale)
+
+
+def _footprint(hull_points: np.ndarray) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+    """The convex hull of the points as a GeoJSON Polygon (None when the points
+    span no area) and the zones it touches."""
+    finite = hull_points[np.isfinite(hull_points).all(axis=1)]
+    if len(finite) == 0:
+        return None, ()
+    hull = geometry.convex_hull(finite)
+    zones: tuple[str, ...] = ()
+    if _state.zones is not None:
+        zones = _state.zones.zones_touching(hull) if len(hull) < 4 else \
+            _state.zones.zones_of_polygons(geometry.Polygons.from_rings([[[hull]]]))[0]
+    if len(hull) < 4:
+        return None, zones
+    return {"type": "Polygon", "coordinates": [hull.tolist()]}, zones
