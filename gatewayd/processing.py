@@ -151,7 +151,7 @@ def handle(task: object) -> object:
     if isinstance(task, PolygonTask):
         return _polygons(task)
     if isinstance(task, BlockTask):
-        raise TypeError("a BlockTask needs its points resolved: use handle_block")
+        return handle_block(task, task.points.array())
     if isinstance(task, FootprintTask):
         footprint, zones = _footprint(task.hull_lonlat)
         return FootprintResult(footprint, zones)

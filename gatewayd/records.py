@@ -24,6 +24,7 @@ __all__ = [
     "dead_letter",
     "dumps",
     "input_digest",
+    "json_value",
     "record_id",
     "utc_now",
 ]
@@ -120,3 +121,8 @@ def dumps(record: Mapping[str, Any]) -> str:
     """One record as a compact JSON line. NaN never reaches a record: it would
     not be JSON, so it is refused here rather than written."""
     return json.dumps(record, separators=(",", ":"), allow_nan=False)
+
+
+def json_value(text: str | None) -> Any:
+    """GeoJSON (or any JSON) text from GEOS as a value to embed in a record."""
+    return json.loads(text) if text else None

@@ -1,0 +1,377 @@
+"""The pipeline: bounded queue → chunker → worker pool → records, in order.
+
+Sources (replay's files, the daemon's serial ports and MQTT) decode their
+input into items and ``put`` them; the pipeline cuts items into chunks of the
+current chunk size (live-adjustable, the thermal controller drives it), runs
+each chunk on a worker and turns the results into records, emitted in the
+order the items were put. A chunk that fails (timeout, a dead worker, memory)
+becomes a dead letter naming its items; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from gatewayd import geometry, records
+from gatewayd.channel import Channel, ChannelClosed
+from gatewayd.errors import GatewayError
+from gatewayd.processing import (
+    BlockResult,
+    BlockTask,
+    FixResult,
+    FixTask,
+    FootprintTask,
+    PolygonOutcome,
+    PolygonTask,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DeadItem",
+    "FixItem",
+    "FrameItem",
+    "Pipeline",
+    "PipelineSettings",
+    "PolygonItem",
+]
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    source: str
+    input_sha256: str
+    index: int
+    received_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class FixItem:
+    origin: _Origin
+    tpv: dict[str, Any]  # gpsd TPV fields as the decoder gave them
+
+
+@dataclass(frozen=True, slots=True)
+class PolygonItem:
+    origin: _Origin
+    feature_id: str | None
+    parts: tuple[tuple[np.ndarray, ...], ...]
+    multi: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FrameItem:
+    origin: _Origin
+    frame: Any  # gatewayd.pointcloud.PointFrame
+    crs_from: str
+    points_in: int  # before the pre-filter
+
+
+@dataclass(frozen=True, slots=True)
+class DeadItem:
+    """A dead letter found before the pipeline (a decoder's), kept in order."""
+
+    origin: _Origin
+    reason: str
+    detail: str
+    items: tuple[int | str, ...]
+
+
+Item = FixItem | PolygonItem | FrameItem | DeadItem
+
+
+def origin(source: str, input_sha256: str, index: int, received_at: str) -> _Origin:
+    return _Origin(source, input_sha256, index, received_at)
+
+
+class ChunkRunner(Protocol):
+    """The worker pool, as the pipeline uses it."""
+
+    async def run(self, chunk_id: str, payload: object) -> object: ...
+
+    def share(self, array: np.ndarray) -> Any: ...
+
+    def release(self, handle: Any) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    crs_to: str = "EPSG:4326"
+    queue_size: int = 500
+    chunk_size: int = 128
+    block_points: int = 256  # a LiDAR item: chunks of frames count blocks of points
+    voxel_size: float = 0.1
+    linger_s: float = 0.02  # how long a partial chunk waits for company
+    in_flight: int = 4  # chunks dispatched at once (twice the workers)
+    points_dir: str | None = None
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    fixes: int = 0
+    frames: int = 0
+    points_in: int = 0
+    points_out: int = 0
+    points_failed: int = 0
+    polygons: int = 0
+    invalid_polygons: int = 0
+    repaired_polygons: int = 0
+    chunks: int = 0
+    dead_letters: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fixes": self.fixes, "frames": self.frames, "points_in": self.points_in,
+            "points_out": self.points_out, "points_failed": self.points_failed,
+            "polygons": self.polygons, "invalid_polygons": self.invalid_polygons,
+            "repaired_polygons": self.repaired_polygons, "chunks": self.chunks,
+            "dead_letters": dict(self.dead_letters),
+        }
+
+
+Emit = Callable[[Record], Awaitable[None]]
+WritePoints = Callable[[str, Any], Awaitable[None]]
+
+
+class Pipeline:
+    def __init__(self, settings: PipelineSettings, runner: ChunkRunner, emit: Emit,
+                 write_points: WritePoints | None = None) -> None:
+        self.settings = settings
+        self.chunk_size = settings.chunk_size
+        self.stats = PipelineStats()
+        self.queue: Channel[tuple[int, Item]] = Channel(settings.queue_size, name="pipeline")
+        self._runner = runner
+        self._emit = emit
+        self._write_points = write_points
+        self._seq = itertools.count()
+        self._chunk_ids = itertools.count()
+        self._slots = asyncio.Semaphore(settings.in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: dict[int, list[Record]] = {}
+        self._next_emit = 0
+
+    # ---- intake ----
+
+    def weight(self, item: Item) -> int:
+        if isinstance(item, FrameItem):
+            return max(1, -(-len(item.frame) // self.settings.block_points))
+        return 1
+
+    async def put(self, item: Item) -> None:
+        """Queues an item; waits while the queue is full (backpressure)."""
+        await self.queue.send((next(self._seq), item), self.weight(item))
+
+    def close(self) -> None:
+        self.queue.close()
+
+    # ---- chunking and dispatch ----
+
+    async def run(self) -> None:
+        """Runs until the queue is closed and every chunk's records are out."""
+        batch: list[tuple[int, Item]] = []
+        while True:
+            try:
+                if batch and not len(self.queue):
+                    entry = await asyncio.wait_for(self.queue.receive(), self.settings.linger_s)
+                else:
+                    entry = await self.queue.receive()
+            except TimeoutError:
+                await self._dispatch(batch)
+                batch = []
+                continue
+            except ChannelClosed:
+                break
+            item = entry[1]
+            if batch and type(batch[0][1]) is not type(item):
+                await self._dispatch(batch)
+                batch = []
+            if isinstance(item, FrameItem | DeadItem):
+                await self._dispatch([entry])
+                continue
+            batch.append(entry)
+            if len(batch) >= max(1, self.chunk_size):
+                await self._dispatch(batch)
+                batch = []
+        if batch:
+            await self._dispatch(batch)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    async def _dispatch(self, batch: list[tuple[int, Item]]) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._run_chunk(batch), name=f"chunk-{batch[0][0]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_chunk(self, batch: list[tuple[int, Item]]) -> None:
+        try:
+            first = batch[0][1]
+            try:
+                if isinstance(first, FixItem):
+                    out = await self._fixes(batch)
+                elif isinstance(first, PolygonItem):
+                    out = await self._polygons(batch)
+                elif isinstance(first, FrameItem):
+                    out = await self._frame(first)
+                else:
+                    assert isinstance(first, DeadItem)
+                    out = [self._dead(first.origin, first.reason, first.detail, first.items)]
+            except GatewayError as exc:
+                out = self._chunk_failed(batch, exc.reason, str(exc))
+            except Exception as exc:  # a bug must cost its chunk, not the pipeline
+                logger.exception("chunk failed unexpectedly")
+                out = self._chunk_failed(batch, "error", f"{type(exc).__name__}: {exc}")
+            self.stats.chunks += 1
+            # Records of a chunk are released together, at its first item's place.
+            self._done[batch[0][0]] = out
+            for seq, _ in batch[1:]:
+                self._done[seq] = []
+            await self._flush()
+        finally:
+            self._slots.release()
+
+    async def _flush(self) -> None:
+        while self._next_emit in self._done:
+            for record in self._done.pop(self._next_emit):
+                await self._emit(record)
+            self._next_emit += 1
+
+    def _chunk_id(self) -> str:
+        return f"c{next(self._chunk_ids)}"
+
+    def _dead(self, o: _Origin, reason: str, detail: str,
+              items: tuple[int | str, ...] | list[int | str]) -> Record:
+        self.stats.dead_letters[reason] += 1
+        return records.dead_letter(reason, detail, source=o.source, input_sha256=o.input_sha256,
+                                   items=items, received_at=o.received_at)
+
+    def _chunk_failed(self, batch: list[tuple[int, Item]], reason: str, detail: str) -> list[Record]:
+        by_input: dict[tuple[str, str], list[Item]] = {}
+        for _, item in batch:
+            by_input.setdefault((item.origin.source, item.origin.input_sha256), []).append(item)
+        out = []
+        for group in by_input.values():
+            ids = [records.record_id(i.origin.source, i.origin.input_sha256, i.origin.index)
+                   for i in group]
+            out.append(self._dead(group[0].origin, reason, detail, ids))
+        return out
+
+    # ---- fixes ----
+
+    async def _fixes(self, batch: list[tuple[int, Item]]) -> list[Record]:
+        items = [item for _, item in batch if isinstance(item, FixItem)]
+        lonlat = np.array([[i.tpv.get("lon", np.nan), i.tpv.get("lat", np.nan)] for i in items],
+                          dtype=np.float64).reshape(-1, 2)
+        result = await self._runner.run(self._chunk_id(), FixTask(lonlat, self.settings.crs_to))
+        assert isinstance(result, FixResult)
+        out = []
+        for item, (x, y), zones in zip(items, result.xy, result.zones):
+            rec = self._base("gps_fix", item.origin, "crs_from_lonlat")
+            rec.update(item.tpv)
+            if np.isfinite(x) and np.isfinite(y):
+                rec.update({"x": float(x), "y": float(y)})
+            rec.update({"crs": self.settings.crs_to, "zones": list(zones)})
+            out.append(rec)
+        self.stats.fixes += len(out)
+        return out
+
+    def _base(self, kind: str, o: _Origin, operation: str, crs_from: str = "EPSG:4326") -> Record:
+        lineage = records.Lineage(o.input_sha256, operation, crs_from, self.settings.crs_to)
+        return records.base_record(kind, source=o.source, input_sha256=o.input_sha256,
+                                   index=o.index, received_at=o.received_at, lineage=lineage)
+
+    # ---- polygons ----
+
+    async def _polygons(self, batch: list[tuple[int, Item]]) -> list[Record]:
+        items = [item for _, item in batch if isinstance(item, PolygonItem)]
+        arrays = geometry.pack([list(i.parts) for i in items], [i.multi for i in items])
+        result = await self._runner.run(self._chunk_id(), PolygonTask(*arrays))
+        assert isinstance(result, list)
+        out = []
+        for item, outcome in zip(items, result):
+            assert isinstance(outcome, PolygonOutcome)
+            rec = self._base("polygon", item.origin, "validate_repair_area")
+            rec["lineage"]["crs_to"] = "EPSG:4326"
+            rec.update({
+                "feature_id": item.feature_id,
+                "valid": outcome.valid,
+                "reason": outcome.reason or None,
+                "geometry": records.json_value(outcome.geometry),
+                "repaired": outcome.repaired,
+                "area_m2": outcome.area_m2,
+                "zones": list(outcome.zones),
+            })
+            self.stats.polygons += 1
+            self.stats.invalid_polygons += not outcome.valid
+            self.stats.repaired_polygons += outcome.repaired
+            out.append(rec)
+        return out
+
+    # ---- LiDAR frames ----
+
+    async def _frame(self, item: FrameItem) -> list[Record]:
+        frame = item.frame
+        n = len(frame)
+        block = max(1, self.settings.block_points * max(1, self.chunk_size))
+        ranges = [(s, min(s + block, n)) for s in range(0, n, block)] or [(0, 0)]
+        shared = self._runner.share(np.ascontiguousarray(frame.xyz, dtype=np.float64))
+        try:
+            tasks = [
+                BlockTask(shared, s, e, item.crs_from, self.settings.crs_to,
+                          self.settings.voxel_size, finish=len(ranges) == 1)
+                for s, e in ranges
+            ]
+            results = await asyncio.gather(
+                *(self._runner.run(self._chunk_id(), t) for t in tasks)
+            )
+            blocks = [r for r in results if isinstance(r, BlockResult)]
+            footprint, zones = blocks[0].footprint, blocks[0].zones
+            if len(blocks) > 1:
+                merged = await self._runner.run(
+                    self._chunk_id(),
+                    FootprintTask(np.concatenate([b.hull_lonlat for b in blocks])),
+                )
+                footprint, zones = merged.footprint, merged.zones  # type: ignore[attr-defined]
+            points = self._runner_array(shared)
+            xyz = np.concatenate(
+                [points[s:s + len(b.kept)] for (s, _), b in zip(ranges, blocks)]
+            ) if blocks else np.empty((0, 3))
+        finally:
+            self._runner.release(shared)
+        kept = np.concatenate([b.kept for b in blocks]) if blocks else np.empty(0, np.int64)
+        failed = sum(b.failed for b in blocks)
+        boxes = [b.bbox for b in blocks if b.bbox is not None]
+        bbox = ([min(b[k] for b in boxes) for k in range(3)] +
+                [max(b[k] for b in boxes) for k in range(3, 6)]) if boxes else None
+
+        rec = self._base("lidar_frame", item.origin, "voxel_transform_footprint", item.crs_from)
+        rec.update({
+            "points_in": item.points_in,
+            "points_out": len(kept),
+            "points_failed": failed,
+            "crs": self.settings.crs_to,
+            "bbox": bbox,
+            "footprint": footprint,
+            "zones": list(zones or ()),
+        })
+        if self._write_points is not None:
+            await self._write_points(rec["id"], dataclasses.replace(frame.take(kept), xyz=xyz))
+        self.stats.frames += 1
+        self.stats.points_in += item.points_in
+        self.stats.points_out += len(kept)
+        self.stats.points_failed += failed
+        return [rec]
+
+    def _runner_array(self, handle: Any) -> np.ndarray:
+        return handle.array()  # type: ignore[no-any-return]

@@ -1,0 +1,211 @@
+"""The pipeline's chunking, ordering and accounting, with processing run in
+this process (the real worker pool has its own tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pyproj
+import pytest
+
+from gatewayd import processing, records
+from gatewayd.errors import WorkerError
+from gatewayd.pipeline import (
+    DeadItem,
+    FixItem,
+    FrameItem,
+    Pipeline,
+    PipelineSettings,
+    PolygonItem,
+    origin,
+)
+
+
+class _Held:
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+        self.released = False
+
+    def array(self) -> np.ndarray:
+        return self._array
+
+
+class InProcessRunner:
+    """Runs chunks here; can be told to fail chunks of a given task type."""
+
+    def __init__(self, fail: type | None = None, error: WorkerError | None = None) -> None:
+        self.fail = fail
+        self.error = error
+        self.chunks: list[Any] = []
+        self.held: list[_Held] = []
+
+    async def run(self, chunk_id: str, payload: object) -> object:
+        self.chunks.append(payload)
+        await asyncio.sleep(0.001 * (len(self.chunks) % 3))  # finish out of order
+        if self.fail is not None and isinstance(payload, self.fail):
+            assert self.error is not None
+            raise self.error
+        return processing.handle(payload)
+
+    def share(self, array: np.ndarray) -> _Held:
+        held = _Held(array.copy())
+        self.held.append(held)
+        return held
+
+    def release(self, handle: _Held) -> None:
+        handle.released = True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """A minimal point frame with the interface the pipeline uses."""
+
+    xyz: np.ndarray
+    intensity: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.xyz)
+
+    def take(self, idx: np.ndarray) -> _Frame:
+        return _Frame(self.xyz[idx], self.intensity[idx])
+
+
+def _fix(i: int) -> FixItem:
+    return FixItem(origin("gps", "d" * 64, i, "2026-01-01T00:00:00.000Z"),
+                   {"mode": 3, "time": f"2026-01-01T00:00:{i % 60:02d}.000Z",
+                    "lat": 50.0 + i * 1e-4, "lon": 10.0 + i * 1e-4})
+
+
+def _run(items: list[Any], runner: InProcessRunner, **settings: Any) -> list[dict]:
+    out: list[dict] = []
+
+    async def emit(record: dict) -> None:
+        out.append(record)
+
+    async def main() -> Pipeline:
+        pipeline = Pipeline(PipelineSettings(**settings), runner, emit)
+        task = asyncio.create_task(pipeline.run())
+        for item in items:
+            await pipeline.put(item)
+        pipeline.close()
+        await task
+        return pipeline
+
+    processing.init(processing.WorkerSettings())
+    _run.pipeline = asyncio.run(main())  # type: ignore[attr-defined]
+    return out
+
+
+def test_fixes_are_chunked_and_come_out_in_input_order_with_their_ids():
+    runner = InProcessRunner()
+    out = _run([_fix(i) for i in range(300)], runner, chunk_size=64, crs_to="EPSG:32632")
+    assert [r["lineage"]["input_sha256"] for r in out] == ["d" * 64] * 300
+    assert [r["id"] for r in out] == [records.record_id("gps", "d" * 64, i) for i in range(300)]
+    assert all(len(c.lonlat) <= 64 for c in runner.chunks)
+    assert len(runner.chunks) >= 5
+    t = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True)
+    x, y = t.transform(out[7]["lon"], out[7]["lat"])
+    assert out[7]["x"] == pytest.approx(x, abs=1e-3) and out[7]["y"] == pytest.approx(y, abs=1e-3)
+    assert out[7]["kind"] == "gps_fix" and out[7]["crs"] == "EPSG:32632"
+
+
+def test_the_chunk_size_can_change_while_running():
+    runner = InProcessRunner()
+    pipeline_holder: dict[str, Pipeline] = {}
+    out: list[dict] = []
+
+    async def emit(record: dict) -> None:
+        out.append(record)
+
+    async def main() -> None:
+        pipeline = Pipeline(PipelineSettings(chunk_size=100), runner, emit)
+        pipeline_holder["p"] = pipeline
+        task = asyncio.create_task(pipeline.run())
+        for i in range(200):
+            await pipeline.put(_fix(i))
+        await asyncio.sleep(0.1)
+        pipeline.chunk_size = 16
+        for i in range(200, 264):
+            await pipeline.put(_fix(i))
+        pipeline.close()
+        await task
+
+    processing.init(processing.WorkerSettings())
+    asyncio.run(main())
+    assert len(out) == 264
+    sizes = [len(c.lonlat) for c in runner.chunks]
+    assert max(sizes[:2]) == 100
+    assert max(sizes[-4:]) <= 16
+
+
+def test_a_failed_chunk_becomes_one_dead_letter_naming_every_item():
+    from gatewayd.processing import FixTask
+
+    error = WorkerError("chunk over its time", reason="timeout")
+    out = _run([_fix(i) for i in range(10)], InProcessRunner(FixTask, error), chunk_size=128)
+    assert len(out) == 1
+    dead = out[0]
+    assert dead["kind"] == "dead_letter" and dead["reason"] == "timeout"
+    assert dead["items"] == [records.record_id("gps", "d" * 64, i) for i in range(10)]
+    assert _run.pipeline.stats.dead_letters["timeout"] == 1  # type: ignore[attr-defined]
+
+
+def test_decoder_dead_letters_keep_their_place_between_results():
+    items = [_fix(0), DeadItem(origin("gps", "d" * 64, 1, "t"), "bad_input", "garbage", (1,)),
+             _fix(2)]
+    out = _run(items, InProcessRunner())
+    assert [r["kind"] for r in out] == ["gps_fix", "dead_letter", "gps_fix"]
+
+
+def test_polygons_flow_through_as_records():
+    bow = np.array([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)], float) * 1e-3
+    sq = np.array([(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)], float) * 1e-3
+    items = [PolygonItem(origin("sensors", "e" * 64, i, "t"), f"f{i}", ((ring,),), False)
+             for i, ring in enumerate([bow, sq])]
+    out = _run(items, InProcessRunner())
+    assert [r["valid"] for r in out] == [False, True]
+    assert out[0]["reason"].startswith("Self-intersection")
+    assert out[0]["repaired"] and out[0]["geometry"]["type"] == "MultiPolygon"
+    assert out[1]["area_m2"] == pytest.approx(12_300, rel=0.05)
+
+
+def test_a_frame_is_split_into_blocks_and_its_kept_points_gathered_in_order():
+    t = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True)
+    x0, y0 = t.transform(10.0, 50.0)
+    rng = np.random.default_rng(1)
+    xyz = np.column_stack([rng.uniform(0, 50, 3000) + x0, rng.uniform(0, 50, 3000) + y0,
+                           rng.uniform(0, 5, 3000)])
+    frame = _Frame(xyz, np.arange(3000))
+    written: list[Any] = []
+    out: list[dict] = []
+    runner = InProcessRunner()
+
+    async def emit(record: dict) -> None:
+        out.append(record)
+
+    async def write(record_id: str, kept: Any) -> None:
+        written.append(kept)
+
+    async def main() -> None:
+        pipeline = Pipeline(PipelineSettings(chunk_size=4, block_points=256, voxel_size=0.0),
+                            runner, emit, write)
+        task = asyncio.create_task(pipeline.run())
+        await pipeline.put(FrameItem(origin("mast", "f" * 64, 0, "t"), frame, "EPSG:32632",
+                                     3000))
+        pipeline.close()
+        await task
+
+    processing.init(processing.WorkerSettings())
+    asyncio.run(main())
+    blocks = [c for c in runner.chunks if isinstance(c, processing.BlockTask)]
+    assert len(blocks) == 3  # 3000 points in blocks of 4 x 256
+    assert out[0]["points_in"] == out[0]["points_out"] == 3000
+    assert all(h.released for h in runner.held)
+    back = pyproj.Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
+    expected = np.column_stack(back.transform(*xyz.T))
+    np.testing.assert_allclose(written[0].xyz, expected, atol=1e-9)
+    np.testing.assert_array_equal(written[0].intensity, np.arange(3000))
+    assert out[0]["footprint"]["type"] == "Polygon"
