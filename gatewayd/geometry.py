@@ -80,7 +80,9 @@ def transform(
             or not flags.writeable
             or coords.ndim != 2
         ):
-            raise ValueError("inplace transform needs a writable C-contiguous (N, 2|3) float64 array")
+            raise ValueError(
+                "inplace transform needs a writable C-contiguous (N, 2|3) float64 array"
+            )
         points = coords
     else:
         points = _points_array(coords, copy=True)

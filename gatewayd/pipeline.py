@@ -15,7 +15,7 @@ import collections
 import dataclasses
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -251,12 +251,14 @@ class Pipeline:
         return f"c{next(self._chunk_ids)}"
 
     def _dead(self, o: _Origin, reason: str, detail: str,
-              items: tuple[int | str, ...] | list[int | str]) -> Record:
+              items: Sequence[int | str]) -> Record:
         self.stats.dead_letters[reason] += 1
         return records.dead_letter(reason, detail, source=o.source, input_sha256=o.input_sha256,
                                    items=items, received_at=o.received_at)
 
-    def _chunk_failed(self, batch: list[tuple[int, Item]], reason: str, detail: str) -> list[Record]:
+    def _chunk_failed(
+        self, batch: list[tuple[int, Item]], reason: str, detail: str
+    ) -> list[Record]:
         by_input: dict[tuple[str, str], list[Item]] = {}
         for _, item in batch:
             by_input.setdefault((item.origin.source, item.origin.input_sha256), []).append(item)

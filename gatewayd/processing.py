@@ -161,7 +161,9 @@ def handle(task: object) -> object:
 def _fixes(task: FixTask) -> FixResult:
     lonlat = np.ascontiguousarray(task.lonlat, dtype=np.float64)
     xy = lonlat if task.crs_to == LONLAT else geometry.transform(lonlat, LONLAT, task.crs_to).points
-    zones = _state.zones.zones_of(lonlat) if _state.zones else [() for _ in range(len(lonlat))]
+    zones: list[tuple[str, ...]] = (
+        _state.zones.zones_of(lonlat) if _state.zones else [() for _ in range(len(lonlat))]
+    )
     return FixResult(xy, zones)
 
 

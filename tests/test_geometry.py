@@ -91,7 +91,8 @@ def test_points_proj_cannot_transform_come_back_nan_and_are_counted():
     assert result.failed == int(bad.sum()) == 3
     assert np.isnan(result.points[bad]).all()
     assert not np.isinf(result.points).any()
-    _assert_close(result.points[[0, 2]], _oracle("EPSG:4326", "EPSG:3857", pts[[0, 2]]), "EPSG:3857")
+    expected = _oracle("EPSG:4326", "EPSG:3857", pts[[0, 2]])
+    _assert_close(result.points[[0, 2]], expected, "EPSG:3857")
 
 
 def test_unknown_crs_is_a_clear_error_naming_the_string():

@@ -24,7 +24,7 @@ def _expected_utm() -> np.ndarray:
 def _work_in_child(queue: mp.Queue) -> None:
     result = geometry.transform(LONLAT, "EPSG:4326", "EPSG:32632")
     square = [[[np.array([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)], float)]]]
-    valid, reasons = geometry.Polygons.from_rings(square).validity()
+    _, reasons = geometry.Polygons.from_rings(square).validity()
     queue.put(
         {
             "pid": os.getpid(),

@@ -64,9 +64,8 @@ class Table:
                 continue
             peer = f"{r['peer']:>14,.0f}" if r["peer"] else f"{'':>14}"
             ratio = f"{r['ratio']:6.2f}x" if r["ratio"] else "       "
-            print(f"{r['case']:44} {r['ours']:>14,.0f} {peer} {ratio}  {r['target']}"
-                  f"  [{r['unit']}; peer: {r['peer_name']}]" if r["peer_name"] else
-                  f"{r['case']:44} {r['ours']:>14,.0f} {peer} {ratio}  {r['target']}  [{r['unit']}]")
+            label = f"{r['unit']}; peer: {r['peer_name']}" if r["peer_name"] else r["unit"]
+            print(f"{r['case']:44} {r['ours']:>14,.0f} {peer} {ratio}  {r['target']}  [{label}]")
 
     def save(self, name: str) -> None:
         OUT.mkdir(exist_ok=True)

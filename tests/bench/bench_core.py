@@ -18,9 +18,9 @@ import numpy as np
 import shapely
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _report import Table, median_seconds  # noqa: E402
+from _report import Table, median_seconds
 
-from gatewayd import _proj, geometry  # noqa: E402
+from gatewayd import _proj, geometry
 
 RNG = np.random.default_rng(7)
 SRC, DST = "EPSG:4326", "EPSG:32632"
@@ -35,15 +35,15 @@ def bench_transform(table: Table, total: int, repeat: int) -> None:
         work = {"ours": data.copy(), "raw": data.copy()}
         chunks = {k: [v[i:i + chunk] for i in range(0, n, chunk)] for k, v in work.items()}
 
-        def reset() -> None:
+        def reset(work=work, data=data) -> None:  # type: ignore[no-untyped-def]
             work["ours"][:] = data
             work["raw"][:] = data
 
-        def ours() -> None:
+        def ours(chunks=chunks) -> None:  # type: ignore[no-untyped-def]
             for c in chunks["ours"]:
                 geometry.transform(c, SRC, DST, inplace=True)
 
-        def raw() -> None:
+        def raw(chunks=chunks) -> None:  # type: ignore[no-untyped-def]
             for c in chunks["raw"]:
                 _proj.raw_trans_generic(pj, c)
 
