@@ -9,8 +9,8 @@ records.
 from __future__ import annotations
 
 __all__ = [
-    "ConfigError",
     "CRSError",
+    "ConfigError",
     "DecodeError",
     "FormatError",
     "GatewayError",

@@ -334,9 +334,14 @@ class Pipeline:
                           self.settings.voxel_size, finish=len(ranges) == 1)
                 for s, e in ranges
             ]
+            # Every block is awaited before the shared points are released, even
+            # when one fails: a worker may still be writing into them.
             results = await asyncio.gather(
-                *(self._runner.run(self._chunk_id(), t) for t in tasks)
+                *(self._runner.run(self._chunk_id(), t) for t in tasks), return_exceptions=True
             )
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
             blocks = [r for r in results if isinstance(r, BlockResult)]
             footprint, zones = blocks[0].footprint, blocks[0].zones
             if len(blocks) > 1:
