@@ -1,0 +1,290 @@
+"""Configuration: one frozen object, built once and validated when built.
+
+Precedence, lowest first: built-in defaults < TOML file < environment
+(``GATEWAYD_SECTION__KEY``) < ``--set section.key=value``. Nothing reads the
+environment or the file after ``load_config`` returns; ``provenance`` says
+where each value came from, for ``gatewayd check-config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gatewayd.errors import ConfigError
+
+__all__ = ["Config", "load_config", "render_config"]
+
+_MiB = 1 << 20
+
+
+def _topic_level(value: str) -> str | None:
+    if not value or any(c in value for c in "/+#\0") or not value.isprintable():
+        return "must be a non-empty MQTT topic level without / + # or control characters"
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _in(low: float, high: float) -> Callable[[float], str | None]:
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _bbox(value: tuple[float, ...] | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) != 6:
+        return "needs six numbers: minx, miny, minz, maxx, maxy, maxz"
+    if any(value[i] > value[i + 3] for i in range(3)):
+        return "minimum exceeds maximum"
+    return None
+
+
+def _nonempty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _existing_file(value: str | None) -> str | None:
+    return None if value is None or os.path.isfile(value) else "file does not exist"
+
+
+def _opt(check: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
+    return field(metadata={"check": check}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    id: str = _opt(_topic_level, default_factory=socket.gethostname)
+    state_dir: str = _opt(_nonempty, default="/var/lib/gatewayd")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSection:
+    queue_size: int = _opt(_in(1, 1_000_000), default=500)
+    chunk_size: int = _opt(_in(1, 65_536), default=128)
+    min_chunk_size: int = _opt(_in(1, 65_536), default=16)
+    chunk_timeout_s: float = _opt(_positive, default=4.0)
+    workers: int = _opt(_in(0, 64), default=2)  # 0: one per CPU
+    worker_memory_mb: int = _opt(_in(32, 65_536), default=180)
+    retries: int = _opt(_in(0, 10), default=1)
+    max_payload_bytes: int = _opt(_in(1, 1 << 34), default=16 * _MiB)
+    max_points_per_frame: int = _opt(_in(1, 1 << 31), default=2_000_000)
+    max_vertices_per_polygon: int = _opt(_in(4, 1 << 31), default=100_000)
+    max_features: int = _opt(_in(1, 1 << 31), default=100_000)
+    overflow: str = _opt(_one_of("spill", "drop_oldest"), default="spill")
+
+
+@dataclass(frozen=True, slots=True)
+class CrsSection:
+    source: str = _opt(_nonempty, default="EPSG:4326")
+    target: str = _opt(_nonempty, default="EPSG:4326")
+
+
+@dataclass(frozen=True, slots=True)
+class LidarSection:
+    voxel_size_m: float = _opt(_in(0.0, 1000.0), default=0.1)
+    bbox: tuple[float, ...] | None = _opt(_bbox, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class ZonesSection:
+    file: str | None = _opt(_existing_file, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSection:
+    host: str = _opt(_nonempty, default="localhost")
+    port: int = _opt(_in(1, 65_535), default=1883)
+    tls: bool = False
+    ca_file: str | None = _opt(_existing_file, default=None)
+    cert_file: str | None = _opt(_existing_file, default=None)
+    key_file: str | None = _opt(_existing_file, default=None)
+    username: str | None = None
+    password_file: str | None = None
+    keepalive: int = _opt(_in(5, 3600), default=30)
+    qos: int = _opt(_in(0, 2), default=1)
+    protocol: str = _opt(_one_of("3.1.1", "5"), default="5")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = _opt(_one_of("debug", "info", "warning", "error"), default="info")
+    format: str = _opt(_one_of("auto", "plain", "json", "journal"), default="auto")
+
+
+_SECTIONS: dict[str, type] = {
+    "gateway": GatewaySection,
+    "pipeline": PipelineSection,
+    "crs": CrsSection,
+    "lidar": LidarSection,
+    "zones": ZonesSection,
+    "mqtt": MqttSection,
+    "log": LogSection,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway: GatewaySection
+    pipeline: PipelineSection
+    crs: CrsSection
+    lidar: LidarSection
+    zones: ZonesSection
+    mqtt: MqttSection
+    log: LogSection
+    provenance: Mapping[str, str]
+
+    @property
+    def workers(self) -> int:
+        return self.pipeline.workers or os.cpu_count() or 1
+
+
+def _convert(key: str, text: str, kind: Any) -> Any:
+    """A string from the environment or --set, as the field's type."""
+    kind_text = str(kind)
+    try:
+        if "bool" in kind_text:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if "tuple" in kind_text:
+            return tuple(float(v) for v in text.split(",")) if text.strip() else None
+        if kind_text.startswith("int"):
+            return int(text, 0)
+        if kind_text.startswith("float"):
+            return float(text)
+        if "None" in kind_text and text.strip().lower() in ("", "none"):
+            return None
+        return text
+    except ValueError:
+        raise ConfigError(f"{key}: cannot read {text!r} as {kind_text}", key=key) from None
+
+
+def _check_type(key: str, value: Any, kind: Any) -> Any:
+    kind_text = str(kind)
+    if value is None and "None" in kind_text:
+        return None
+    if "bool" in kind_text:
+        ok = isinstance(value, bool)
+    elif "tuple" in kind_text:
+        ok = isinstance(value, list | tuple) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        value = tuple(float(v) for v in value) if ok else value
+    elif kind_text.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind_text.startswith("float"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{key}: expected {kind_text}, got {value!r}", key=key)
+    return value
+
+
+def _layer(values: dict[str, dict[str, Any]], provenance: dict[str, str], section: str,
+           key: str, value: Any, origin: str, *, from_text: bool) -> None:
+    name = f"{section}.{key}"
+    if section not in _SECTIONS:
+        raise ConfigError(f"{name}: unknown section {section!r}", key=name)
+    fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
+    if key not in fields:
+        raise ConfigError(f"{name}: unknown setting", key=name)
+    kind = fields[key].type
+    value = _convert(name, value, kind) if from_text else value
+    values.setdefault(section, {})[key] = _check_type(name, value, kind)
+    provenance[name] = origin
+
+
+def load_config(path: str | None, overrides: Sequence[str],
+                environ: Mapping[str, str]) -> Config:
+    values: dict[str, dict[str, Any]] = {}
+    provenance: dict[str, str] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}", key="--config") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", key="--config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}", key="--config") from None
+        for section, table in document.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{section}: expected a [{section}] table", key=section)
+            for key, value in table.items():
+                _layer(values, provenance, section, key, value, f"file:{path}", from_text=False)
+    for name, value in sorted(environ.items()):
+        if name.startswith("GATEWAYD_") and "__" in name:
+            section, _, key = name[len("GATEWAYD_"):].lower().partition("__")
+            _layer(values, provenance, section, key, value, f"env:{name}", from_text=True)
+    for override in overrides:
+        name, eq, value = override.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not eq or not dot or not section or not key:
+            raise ConfigError(f"--set {override!r}: expected section.key=value", key=name)
+        _layer(values, provenance, section, key, value, "--set", from_text=True)
+
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        built = cls(**values.get(section, {}))
+        for f in dataclasses.fields(cls):
+            name = f"{section}.{f.name}"
+            provenance.setdefault(name, "default")
+            check = f.metadata.get("check")
+            problem = check(getattr(built, f.name)) if check else None
+            if problem:
+                raise ConfigError(f"{name} = {getattr(built, f.name)!r}: {problem}", key=name)
+        sections[section] = built
+    if sections["pipeline"].min_chunk_size > sections["pipeline"].chunk_size:
+        raise ConfigError("pipeline.min_chunk_size: exceeds pipeline.chunk_size",
+                          key="pipeline.min_chunk_size")
+    return Config(**sections, provenance=dict(provenance))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(repr(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML, each value's origin beside it."""
+    lines: list[str] = []
+    for section in _SECTIONS:
+        lines.append(f"[{section}]")
+        obj = getattr(config, section)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            origin = config.provenance.get(f"{section}.{f.name}", "default")
+            if value is None:
+                lines.append(f"# {f.name} is not set  # {origin}")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}  # {origin}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,519 @@
+"""The worker pool: process workers with capped memory and hard chunk timeouts.
+
+concurrent.futures cannot cancel a running call, and one SIGKILLed worker
+breaks a ProcessPoolExecutor for good; so the supervision is written here. Each
+worker is a process from the forkserver (fast to replace; nothing native is
+created before the fork) that caps its address space, runs an initializer once
+and then takes chunks over a pipe. The event loop watches every worker's pipe
+and process sentinel:
+
+- a chunk over its time is failed with ChunkTimeout, its worker SIGKILLed at
+  once and replaced; chunks on other workers carry on;
+- a worker that dies mid-chunk costs only that chunk, which is retried once on
+  a fresh worker, then failed with WorkerDied;
+- a MemoryError under the cap fails the chunk with ChunkMemoryError, and the
+  worker is replaced.
+
+Large arrays travel through shared memory (``share``), not pickled copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import itertools
+import logging
+import mmap
+import multiprocessing as mp
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gatewayd.errors import GatewayError, WorkerError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ChunkFailed",
+    "ChunkMemoryError",
+    "ChunkTimeout",
+    "PoolStats",
+    "SharedArray",
+    "WorkerDied",
+    "WorkerPool",
+]
+
+# Environment a worker must have before its interpreter starts: glibc reads
+# MALLOC_ARENA_MAX at start-up, OpenBLAS and OpenMP when numpy is imported.
+WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+_SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
+_SHM_PREFIX = "gatewayd-"
+
+
+class ChunkTimeout(WorkerError):
+    reason = "timeout"
+
+
+class WorkerDied(WorkerError):
+    reason = "worker_died"
+
+
+class ChunkMemoryError(WorkerError):
+    reason = "memory"
+
+
+class ChunkFailed(WorkerError):
+    """The handler raised; ``reason`` is the GatewayError's code, or "error"."""
+
+    reason = "error"
+
+
+# ---- shared arrays ----
+
+_counter = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class SharedArray:
+    """An array in a file under /dev/shm: only its name crosses the pipe."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def create(cls, array: np.ndarray) -> SharedArray:
+        path = _SHM_DIR / f"{_SHM_PREFIX}{os.getpid()}-{next(_counter)}"
+        data = np.ascontiguousarray(array)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, max(data.nbytes, 1))
+            with mmap.mmap(fd, max(data.nbytes, 1)) as m:
+                m[: data.nbytes] = data.tobytes()
+        finally:
+            os.close(fd)
+        return cls(str(path), tuple(data.shape), data.dtype.str)
+
+    def array(self) -> np.ndarray:
+        """A writable view on the shared data, mapped in this process."""
+        cached = _mapped.get(self.path)
+        if cached is not None:
+            return cached
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            size = max(int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize, 1)
+            m = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        view = np.frombuffer(m, dtype=self.dtype, count=int(np.prod(self.shape)))
+        view = view.reshape(self.shape)
+        # A process keeps its last few mappings: a frame's blocks share one.
+        if len(_mapped) >= 4:
+            _mapped.pop(next(iter(_mapped)))
+        _mapped[self.path] = view
+        return view
+
+    def release(self) -> None:
+        _mapped.pop(self.path, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+_mapped: dict[str, np.ndarray] = {}
+
+
+def remove_stale_shared() -> int:
+    """Deletes shared arrays left behind by gatewayd processes that are gone."""
+    removed = 0
+    for path in _SHM_DIR.glob(f"{_SHM_PREFIX}*"):
+        pid = path.name[len(_SHM_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+# ---- the worker process ----
+
+def _resolve(dotted: str) -> Callable[..., Any]:
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def _worker_main(conn: Connection, handler: str, init: str | None, init_args: tuple[Any, ...],
+                 memory_limit_mb: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    limit = memory_limit_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        handle = _resolve(handler)
+        if init:
+            _resolve(init)(*init_args)
+    except BaseException as exc:
+        conn.send(("init_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        chunk_id, payload = message
+        try:
+            result = handle(payload)
+        except MemoryError:
+            conn.send(("memory", chunk_id, "out of memory under the worker's cap"))
+            return  # a fragmented heap is not worth keeping
+        except GatewayError as exc:
+            conn.send(("failed", chunk_id, exc.reason, f"{type(exc).__name__}: {exc}"))
+            continue
+        except Exception as exc:
+            conn.send(("failed", chunk_id, "error", f"{type(exc).__name__}: {exc}"))
+            continue
+        try:
+            conn.send(("ok", chunk_id, result))
+        except MemoryError:
+            conn.send(("memory", chunk_id, "out of memory sending the result"))
+            return
+
+
+# ---- supervision in the main process ----
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    pid: int
+    busy: bool
+    chunks: int
+    rss_kb: int
+    peak_rss_kb: int
+    vm_kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    size: int
+    alive: int
+    busy: int
+    chunks_done: int
+    timeouts: int
+    deaths: int
+    memory_errors: int
+    failures: int
+    restarts: int
+    last_replace_s: float | None  # from a chunk's deadline to a fresh worker ready
+    workers: tuple[WorkerInfo, ...]
+
+
+def _proc_status(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "VmSize"):
+                out[key] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+class _Worker:
+    def __init__(self, process: Any, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid
+        self.ready = False
+        self.chunk: tuple[str, asyncio.Future[tuple[str, Any]]] | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.chunks = 0
+        self.peak_rss_kb = 0
+        self.started = time.monotonic()
+
+
+class WorkerPool:
+    def __init__(self, *, size: int, handler: str, init: str | None = None,
+                 init_args: tuple[Any, ...] = (), memory_limit_mb: int = 180,
+                 chunk_timeout_s: float = 4.0, retries: int = 1,
+                 start_method: str = "forkserver", env: Mapping[str, str] | None = None) -> None:
+        if size < 1:
+            raise ValueError("a pool needs at least one worker")
+        self.size = size
+        self.chunk_timeout_s = chunk_timeout_s
+        self.retries = retries
+        self._handler = handler
+        self._init = init
+        self._init_args = init_args
+        self._memory_limit_mb = memory_limit_mb
+        self._env = {**WORKER_ENV, **(env or {})}
+        self._ctx = mp.get_context(start_method)
+        self._preload = [handler.partition(":")[0]]
+        self._workers: dict[int, _Worker] = {}
+        self._idle: asyncio.Queue[_Worker] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._entered = False
+        self._counts = dict(done=0, timeouts=0, deaths=0, memory=0, failures=0, restarts=0)
+        self._last_replace_s: float | None = None
+        self._replace_started: dict[int, float] = {}
+
+    # ---- lifecycle ----
+
+    async def __aenter__(self) -> WorkerPool:
+        if self._entered:
+            raise RuntimeError("a WorkerPool is not re-entrant")
+        self._entered = True
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Queue()
+        self._closing = False
+        remove_stale_shared()
+        for key, value in self._env.items():
+            # The forkserver inherits the environment when it starts.
+            os.environ.setdefault(key, value)
+        if self._ctx.get_start_method() == "forkserver":
+            self._ctx.set_forkserver_preload(self._preload)
+        for _ in range(self.size):
+            self._start_worker()
+        await self._wait_ready()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+        self._entered = False
+
+    def set_timeout(self, seconds: float) -> None:
+        self.chunk_timeout_s = seconds
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            if not self._workers:
+                raise WorkerError("every worker failed to start (see the log for why)")
+            if all(w.ready for w in self._workers.values()):
+                return
+            if time.monotonic() > deadline:
+                raise WorkerError("workers did not start within 60 s")
+            await asyncio.sleep(0.01)
+
+    def _start_worker(self, replacing_since: float | None = None) -> None:
+        assert self._loop is not None
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(child, self._handler, self._init, self._init_args, self._memory_limit_mb),
+            daemon=True, name="gatewayd-worker",
+        )
+        process.start()
+        child.close()
+        worker = _Worker(process, parent)
+        self._workers[worker.pid] = worker
+        if replacing_since is not None:
+            self._replace_started[worker.pid] = replacing_since
+        self._loop.add_reader(parent.fileno(), self._on_message, worker)
+        self._loop.add_reader(process.sentinel, self._on_exit, worker)
+
+    def _forget(self, worker: _Worker) -> None:
+        assert self._loop is not None
+        if self._workers.pop(worker.pid, None) is None:
+            return
+        self._loop.remove_reader(worker.conn.fileno())
+        self._loop.remove_reader(worker.process.sentinel)
+        if worker.deadline is not None:
+            worker.deadline.cancel()
+        worker.conn.close()
+        worker.process.join(0)
+
+    def _kill(self, worker: _Worker) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
+        worker.process.join(5)
+        self._forget(worker)
+        worker.process.close()
+
+    # ---- messages and deaths ----
+
+    def _on_message(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            self._on_exit(worker)
+            return
+        except Exception as exc:  # an unpicklable result
+            message = ("failed", worker.chunk[0] if worker.chunk else "", "error",
+                       f"result could not be read: {exc}")
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            started = self._replace_started.pop(worker.pid, None)
+            if started is not None:
+                self._last_replace_s = time.monotonic() - started
+            assert self._idle is not None
+            self._idle.put_nowait(worker)
+            return
+        if kind == "init_failed":
+            logger.error("worker %d failed to start: %s", worker.pid, message[1])
+            self._kill(worker)
+            return
+        chunk = worker.chunk
+        if chunk is None or chunk[0] != message[1]:
+            return
+        worker.chunk = None
+        if worker.deadline is not None:
+            worker.deadline.cancel()
+            worker.deadline = None
+        worker.chunks += 1
+        future = chunk[1]
+        if not future.done():
+            future.set_result((kind, message[2:]))
+        if kind == "ok" or kind == "failed":
+            assert self._idle is not None
+            self._idle.put_nowait(worker)
+
+    def _on_exit(self, worker: _Worker) -> None:
+        if worker.pid not in self._workers:
+            return
+        worker.process.join(1)
+        code = worker.process.exitcode
+        chunk = worker.chunk
+        self._forget(worker)
+        worker.process.close()
+        if chunk is not None and not chunk[1].done():
+            chunk[1].set_result(("died", (_describe_exit(code),)))
+        if not self._closing:
+            self._counts["restarts"] += 1
+            self._start_worker()
+
+    def _on_deadline(self, worker: _Worker) -> None:
+        chunk = worker.chunk
+        if chunk is None or worker.pid not in self._workers:
+            return
+        since = time.monotonic()
+        logger.warning("chunk %s over its %.1f s: killing worker %d", chunk[0],
+                       self.chunk_timeout_s, worker.pid)
+        worker.chunk = None
+        self._kill(worker)
+        if not chunk[1].done():
+            chunk[1].set_result(("timeout", ()))
+        if not self._closing:
+            self._counts["restarts"] += 1
+            self._start_worker(replacing_since=since)
+
+    # ---- running chunks ----
+
+    async def run(self, chunk_id: str, payload: object) -> object:
+        """Runs one chunk on a worker; raises a WorkerError subclass on failure."""
+        attempts = 0
+        while True:
+            kind, detail = await self._run_once(chunk_id, payload)
+            if kind == "ok":
+                self._counts["done"] += 1
+                return detail[0]
+            if kind == "timeout":
+                self._counts["timeouts"] += 1
+                raise ChunkTimeout(f"chunk {chunk_id} ran over its {self.chunk_timeout_s:g} s")
+            if kind == "memory":
+                self._counts["memory"] += 1
+                raise ChunkMemoryError(f"chunk {chunk_id}: {detail[0]}")
+            if kind == "failed":
+                self._counts["failures"] += 1
+                raise ChunkFailed(f"chunk {chunk_id}: {detail[1]}", reason=detail[0])
+            self._counts["deaths"] += 1
+            attempts += 1
+            if attempts > self.retries or self._closing:
+                raise WorkerDied(f"chunk {chunk_id}: worker {detail[0]}")
+            logger.warning("chunk %s: worker %s; retrying", chunk_id, detail[0])
+
+    async def _run_once(self, chunk_id: str, payload: object) -> tuple[str, tuple[Any, ...]]:
+        assert self._idle is not None and self._loop is not None
+        if self._closing:
+            raise WorkerError("the worker pool is closed")
+        while True:
+            worker = await self._idle.get()
+            if worker.pid in self._workers:
+                break
+        future: asyncio.Future[tuple[str, Any]] = self._loop.create_future()
+        worker.chunk = (chunk_id, future)
+        try:
+            worker.conn.send((chunk_id, payload))
+        except (OSError, ValueError) as exc:
+            worker.chunk = None
+            self._kill(worker)
+            if not self._closing:
+                self._counts["restarts"] += 1
+                self._start_worker()
+            return "died", (f"could not take the chunk: {exc}",)
+        worker.deadline = self._loop.call_later(self.chunk_timeout_s, self._on_deadline, worker)
+        return await future
+
+    # ---- shared memory ----
+
+    def share(self, array: np.ndarray) -> SharedArray:
+        return SharedArray.create(array)
+
+    def release(self, handle: SharedArray) -> None:
+        handle.release()
+
+    # ---- observation and shutdown ----
+
+    def stats(self) -> PoolStats:
+        infos = []
+        for w in self._workers.values():
+            status = _proc_status(w.pid)
+            w.peak_rss_kb = max(w.peak_rss_kb, status.get("VmHWM", 0))
+            infos.append(WorkerInfo(w.pid, w.chunk is not None, w.chunks,
+                                    status.get("VmRSS", 0), w.peak_rss_kb,
+                                    status.get("VmSize", 0)))
+        c = self._counts
+        return PoolStats(self.size, sum(w.ready for w in self._workers.values()),
+                         sum(i.busy for i in infos), c["done"], c["timeouts"], c["deaths"],
+                         c["memory"], c["failures"], c["restarts"], self._last_replace_s,
+                         tuple(infos))
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Lets chunks in flight finish within ``grace_s``, then stops every worker."""
+        if self._loop is None:
+            return
+        self._closing = True
+        deadline = time.monotonic() + grace_s
+        while any(w.chunk is not None for w in self._workers.values()):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        for worker in list(self._workers.values()):
+            if worker.chunk is not None and not worker.chunk[1].done():
+                worker.chunk[1].set_result(("died", ("stopped at shutdown",)))
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
+        stop_by = time.monotonic() + 1.0
+        for worker in list(self._workers.values()):
+            worker.process.join(max(0.0, stop_by - time.monotonic()))
+            if worker.process.exitcode is None:
+                self._kill(worker)
+            else:
+                self._forget(worker)
+                worker.process.close()
+        self._loop = None
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "vanished"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"

@@ -1,0 +1,208 @@
+"""The worker pool with real processes: results, hard timeouts, deaths, memory
+caps and shared arrays, and that one failure costs only its own chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gatewayd.workers import (
+    ChunkFailed,
+    ChunkMemoryError,
+    ChunkTimeout,
+    SharedArray,
+    WorkerDied,
+    WorkerPool,
+)
+
+HANDLER = "worker_tasks:handle"
+
+
+def pool(**kw):
+    kw.setdefault("size", 2)
+    kw.setdefault("memory_limit_mb", 300)
+    kw.setdefault("chunk_timeout_s", 5.0)
+    return WorkerPool(handler=HANDLER, init="worker_tasks:init", init_args=("t",), **kw)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+def test_chunks_run_across_workers_with_their_initializer():
+    async def main():
+        async with pool() as p:
+            results = await asyncio.gather(*(p.run(f"c{i}", ("echo", i)) for i in range(40)))
+            assert [r[2] for r in results] == list(range(40))
+            assert {r[0] for r in results} == {"t"}
+            assert len({r[1] for r in results}) == 2
+            assert p.stats().chunks_done == 40
+
+    run(main())
+
+
+def test_a_chunk_over_its_time_is_failed_its_worker_killed_and_replaced():
+    async def main():
+        async with pool(chunk_timeout_s=0.5) as p:
+            busy = asyncio.create_task(p.run("slow-but-fine", ("sleep", 0.3)))
+            pids = {w.pid for w in p.stats().workers}
+            with pytest.raises(ChunkTimeout) as info:
+                await p.run("stuck", ("hang", None))
+            assert info.value.reason == "timeout"
+            assert isinstance(await busy, int)  # the other chunk was not lost
+            stuck_pid = (pids - {await busy}).pop() if len(pids) == 2 else None
+            assert stuck_pid is None or not _alive(stuck_pid)
+            # A fresh worker takes the next chunks.
+            out = await asyncio.gather(*(p.run(f"n{i}", ("echo", i)) for i in range(4)))
+            assert [o[2] for o in out] == [0, 1, 2, 3]
+            for _ in range(500):
+                if p.stats().alive == 2:
+                    break
+                await asyncio.sleep(0.02)
+            stats = p.stats()
+            assert stats.timeouts == 1 and stats.restarts == 1 and stats.alive == 2
+            assert stats.last_replace_s is not None and stats.last_replace_s < 10
+
+    run(main())
+
+
+def test_a_worker_killed_from_outside_costs_one_retry_and_the_chunk_succeeds():
+    async def main():
+        async with pool(size=1) as p:
+            pid = p.stats().workers[0].pid
+            task = asyncio.create_task(p.run("victim", ("sleep", 1.0)))
+            await asyncio.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)
+            result = await task
+            assert result != pid  # retried on the replacement
+            assert p.stats().deaths == 1 and p.stats().chunks_done == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("op", ["segfault", "kill_self"])
+def test_a_chunk_that_kills_its_worker_twice_is_failed_as_worker_died(op):
+    async def main():
+        async with pool() as p:
+            with pytest.raises(WorkerDied) as info:
+                await p.run("poison", (op, None))
+            assert "SIG" in str(info.value)
+            assert info.value.reason == "worker_died"
+            assert (await p.run("after", ("echo", 1)))[2] == 1
+
+    run(main())
+
+
+def test_memory_over_the_cap_is_a_memory_error_for_that_chunk_only():
+    async def main():
+        async with pool(memory_limit_mb=250) as p:
+            ok = asyncio.create_task(p.run("fine", ("sleep", 0.2)))
+            with pytest.raises(ChunkMemoryError) as info:
+                await p.run("greedy", ("allocate_mb", 600))
+            assert info.value.reason == "memory"
+            assert isinstance(await ok, int)
+            assert await p.run("modest", ("allocate_mb", 10)) == 10 * 1024 * 1024
+
+    run(main())
+
+
+def test_workers_run_with_the_address_space_cap_and_one_blas_thread():
+    async def main():
+        async with pool(memory_limit_mb=222) as p:
+            limits, env = await p.run("limits", ("limits", None))
+            line = next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
+            assert str(222 * 1024 * 1024) in line
+            assert env["OPENBLAS_NUM_THREADS"] == "1"
+            assert env["MALLOC_ARENA_MAX"] == "2"
+
+    run(main())
+
+
+def test_handler_errors_come_back_with_their_reason_and_the_worker_stays():
+    async def main():
+        async with pool(size=1) as p:
+            pid = p.stats().workers[0].pid
+            with pytest.raises(ChunkFailed) as info:
+                await p.run("bad", ("bad_input", None))
+            assert info.value.reason == "bad_input" and "not NMEA" in str(info.value)
+            with pytest.raises(ChunkFailed) as info:
+                await p.run("bug", ("bug", "x"))
+            assert info.value.reason == "error" and "KeyError" in str(info.value)
+            assert p.stats().workers[0].pid == pid
+
+    run(main())
+
+
+def test_shared_arrays_are_changed_in_place_and_leave_nothing_behind():
+    async def main():
+        async with pool() as p:
+            data = np.arange(30_000, dtype=np.float64).reshape(-1, 3)
+            handle = p.share(data)
+            total = await p.run("scale", ("scale_shared", (handle, 2.0)))
+            np.testing.assert_array_equal(handle.array(), data * 2)
+            assert total == pytest.approx(float((data * 2).sum()))
+            p.release(handle)
+            assert not Path(handle.path).exists()
+
+            doomed = p.share(data)
+            with pytest.raises(WorkerDied):
+                await p.run("x", ("kill_self", None))
+            p.release(doomed)
+            assert not Path(doomed.path).exists()
+
+    run(main())
+
+
+def test_close_returns_promptly_with_a_hung_worker_and_leaves_no_process():
+    async def main():
+        p = pool(chunk_timeout_s=60)
+        await p.__aenter__()
+        pids = [w.pid for w in p.stats().workers]
+        hung = asyncio.create_task(p.run("hang", ("hang", None)))
+        await asyncio.sleep(0.2)
+        start = time.monotonic()
+        await p.close(grace_s=0.5)
+        assert time.monotonic() - start < 5
+        with pytest.raises(WorkerDied):
+            await hung
+        for pid in pids:
+            assert not _alive(pid)
+
+    run(main())
+
+
+def test_shared_array_round_trip_in_this_process():
+    data = np.random.default_rng(0).normal(size=(100, 3))
+    handle = SharedArray.create(data)
+    try:
+        np.testing.assert_array_equal(handle.array(), data)
+    finally:
+        handle.release()
+
+
+def test_an_initializer_that_fails_everywhere_is_a_clear_error():
+    from gatewayd.errors import WorkerError
+
+    async def main():
+        p = WorkerPool(size=2, handler=HANDLER, init="worker_tasks:broken_init",
+                       init_args=("x",), memory_limit_mb=300)
+        with pytest.raises(WorkerError, match="failed to start"):
+            await p.__aenter__()
+        await p.close()
+
+    run(main())

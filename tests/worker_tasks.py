@@ -1,0 +1,52 @@
+"""Chunk handlers for the worker-pool tests, imported by dotted path in workers."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Any
+
+from gatewayd.errors import DecodeError
+
+_state: dict[str, Any] = {}
+
+
+def init(tag: str) -> None:
+    _state["tag"] = tag
+
+
+def handle(task: tuple[str, Any]) -> Any:
+    op, arg = task
+    if op == "echo":
+        return (_state["tag"], os.getpid(), arg)
+    if op == "sleep":
+        time.sleep(arg)
+        return os.getpid()
+    if op == "hang":
+        while True:
+            pass
+    if op == "segfault":
+        ctypes.string_at(0)
+    if op == "kill_self":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if op == "allocate_mb":
+        return len(bytearray(arg * 1024 * 1024))
+    if op == "limits":
+        with open("/proc/self/limits") as f:
+            return f.read(), dict(os.environ)
+    if op == "bad_input":
+        raise DecodeError("that is not NMEA")
+    if op == "bug":
+        raise KeyError(arg)
+    if op == "scale_shared":
+        handle_, factor = arg
+        view = handle_.array()
+        view *= factor
+        return float(view.sum())
+    raise ValueError(op)
+
+
+def broken_init(tag: str) -> None:
+    raise RuntimeError(f"cannot start: {tag}")
