@@ -64,3 +64,12 @@ void gw_pj_free(PJ *pj);
 int gw_proj_crs_is_angular(gw_proj *p, PJ *crs);
 int64_t gw_transform(gw_proj *p, PJ *pj, int direction, double *xyz, int64_t n,
                      int dims);
+
+/* ---- NMEA framing ---- */
+#define GW_NMEA_OK 0
+#define GW_NMEA_BAD_CHECKSUM 1
+#define GW_NMEA_TOO_LONG 2
+#define GW_NMEA_TRUNCATED 3
+#define GW_NMEA_NO_CHECKSUM 4
+int64_t gw_nmea_scan(const uint8_t *buf, int64_t n, int64_t max_len, int final,
+                     int64_t *out, int64_t capacity, int64_t *consumed, int64_t *garbage);
