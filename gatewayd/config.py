@@ -249,13 +249,14 @@ def load_config(path: str | None, overrides: Sequence[str],
     sections: dict[str, Any] = {}
     for section, cls in _SECTIONS.items():
         built = cls(**values.get(section, {}))
-        for f in dataclasses.fields(cls):
-            name = f"{section}.{f.name}"
+        for spec in dataclasses.fields(cls):
+            name = f"{section}.{spec.name}"
             provenance.setdefault(name, "default")
-            check = f.metadata.get("check")
-            problem = check(getattr(built, f.name)) if check else None
+            check = spec.metadata.get("check")
+            value = getattr(built, spec.name)
+            problem = check(value) if check else None
             if problem:
-                raise ConfigError(f"{name} = {getattr(built, f.name)!r}: {problem}", key=name)
+                raise ConfigError(f"{name} = {value!r}: {problem}", key=name)
         sections[section] = built
     if sections["pipeline"].min_chunk_size > sections["pipeline"].chunk_size:
         raise ConfigError("pipeline.min_chunk_size: exceeds pipeline.chunk_size",

@@ -50,9 +50,9 @@ class Fix:
     status: int | None = None
     lat: float | None = None
     lon: float | None = None
-    altMSL: float | None = None  # noqa: N815 - gpsd's names
-    altHAE: float | None = None  # noqa: N815
-    geoidSep: float | None = None  # noqa: N815
+    altMSL: float | None = None
+    altHAE: float | None = None
+    geoidSep: float | None = None
     speed: float | None = None
     track: float | None = None
     climb: float | None = None
@@ -86,7 +86,7 @@ class NmeaStats:
     fixes: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def _lat_lon(value: str, hemi: str, degree_digits: int) -> float | None:
@@ -241,10 +241,9 @@ class NmeaDecoder:
                 cycle = None
         if cycle is None:
             cycle = self._cycle = _Cycle(offset)
-        if tod is not None:
-            if cycle.tod is None:
-                cycle.tod = tod
-                self._roll_date(tod)
+        if tod is not None and cycle.tod is None:
+            cycle.tod = tod
+            self._roll_date(tod)
         return cycle
 
     def _roll_date(self, tod: float) -> None:

@@ -280,7 +280,7 @@ class Pipeline:
         out = []
         for item, (x, y), zones in zip(items, result.xy, result.zones):
             rec = self._base("gps_fix", item.origin, "crs_from_lonlat")
-            rec.update(item.tpv)
+            rec.update({k: v for k, v in item.tpv.items() if k != "class"})
             if np.isfinite(x) and np.isfinite(y):
                 rec.update({"x": float(x), "y": float(y)})
             rec.update({"crs": self.settings.crs_to, "zones": list(zones)})

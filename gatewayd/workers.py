@@ -259,7 +259,7 @@ class WorkerPool:
         self._init_args = init_args
         self._memory_limit_mb = memory_limit_mb
         self._env = {**WORKER_ENV, **(env or {})}
-        self._ctx = mp.get_context(start_method)
+        self._ctx: Any = mp.get_context(start_method)
         self._preload = [handler.partition(":")[0]]
         self._workers: dict[int, _Worker] = {}
         self._idle: asyncio.Queue[_Worker] | None = None

@@ -149,7 +149,8 @@ def test_sentences_up_to_130_bytes_are_accepted_and_longer_ones_dropped():
 
 def test_every_supported_talker_is_read_and_unknown_ones_skipped():
     for talker in ("GP", "GN", "GL", "GA", "GB", "BD", "QZ", "GI", "GQ"):
-        fixes, _ = decode(s(f"{talker}GGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,5.0,M,,M,,"))
+        body = f"{talker}GGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,5.0,M,,M,,"
+        fixes, _ = decode(s(body))
         assert fixes[0].altMSL == 5.0, talker
     fixes, d = decode(s("IIGGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,5.0,M,,M,,") +
                       s("PUBX,00,120000.00,4846.8,N") + s("GPXYZ,1,2,3"))
@@ -164,7 +165,8 @@ def test_gbs_gives_error_estimates_and_gll_gns_zda_give_position_and_date():
     assert tpv["time"] == "2026-11-03T12:00:00.000Z"
     assert tpv["mode"] == 3 and tpv["altHAE"] == pytest.approx(348.0)
     assert (tpv["epy"], tpv["epx"], tpv["epv"]) == (1.5, 2.5, 3.5)
-    gll = s("GPGLL,4846.80000,N,00910.80000,E,120000.00,A,A") + s("GPRMC,120000.00,A,4846.8,N,00910.8,E,,,031126,,,A")
+    gll = s("GPGLL,4846.80000,N,00910.80000,E,120000.00,A,A") + \
+        s("GPRMC,120000.00,A,4846.8,N,00910.8,E,,,031126,,,A")
     fix = decode(gll)[0][0]
     assert fix.mode == 2 and fix.lat == pytest.approx(48.78)
 

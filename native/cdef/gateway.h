@@ -73,3 +73,6 @@ int64_t gw_transform(gw_proj *p, PJ *pj, int direction, double *xyz, int64_t n,
 #define GW_NMEA_NO_CHECKSUM 4
 int64_t gw_nmea_scan(const uint8_t *buf, int64_t n, int64_t max_len, int final,
                      int64_t *out, int64_t capacity, int64_t *consumed, int64_t *garbage);
+
+/* ---- LZF (PCD binary_compressed) ---- */
+int64_t gw_lzf_decompress(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);

@@ -1,0 +1,317 @@
+"""``gatewayd replay``: captured files through the real pipeline, records out.
+
+Field engineers replay a capture to see what the daemon made of it; tests and
+benchmarks replay files to drive the real decoders, queue, chunker and
+workers without a broker. Each input's format is detected from its content
+unless given; its records go out as JSON lines, in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from gatewayd import geometry, processing, records
+from gatewayd.config import Config
+from gatewayd.errors import DecodeError, FormatError, GatewayError
+from gatewayd.pipeline import (
+    DeadItem,
+    FixItem,
+    FrameItem,
+    Pipeline,
+    PipelineSettings,
+    PolygonItem,
+    origin,
+)
+from gatewayd.workers import WorkerPool
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", "nmea", "pcd", "las", "geojson")
+_READ_BLOCK = 1 << 16
+_HEAD = 4096
+# A sentence's start: talker and type (or a proprietary tag), then a comma.
+_NMEA_START = re.compile(rb"\$(?:[A-Z]{5}|P[A-Z]{3,}),")
+
+__all__ = ["FORMATS", "ReplayOptions", "ReplaySummary", "detect_format", "replay"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    inputs: tuple[Path, ...]
+    format: str = "auto"
+    source: str | None = None
+    source_crs: str | None = None
+    target_crs: str | None = None
+    points_dir: Path | None = None
+    output: IO[str] | None = None
+    progress: bool = False
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    inputs: int = 0
+    sentences: int = 0
+    bad_checksums: int = 0
+    nmea: dict[str, int] = field(default_factory=dict)
+    records: int = 0
+    pipeline: dict[str, Any] = field(default_factory=dict)
+    queue: dict[str, int] = field(default_factory=dict)
+    workers: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    decode_errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(self.pipeline.get("dead_letters", {}).values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": self.inputs,
+            "sentences": self.sentences,
+            "bad_checksums": self.bad_checksums,
+            "nmea": self.nmea,
+            **{k: v for k, v in self.pipeline.items()},
+            "records": self.records,
+            "queue": self.queue,
+            "workers": self.workers,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def detect_format(head: bytes) -> str:
+    """Guesses an input's format from its first bytes; FormatError if nothing fits."""
+    from gatewayd.las import looks_like_las
+    from gatewayd.pcd import looks_like_pcd
+
+    if looks_like_las(head):
+        return "las"
+    if looks_like_pcd(head):
+        return "pcd"
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n\x1e")
+    if stripped[:1] in (b"{", b"["):
+        return "geojson"
+    if _NMEA_START.search(head):
+        return "nmea"
+    raise FormatError("unrecognisable input format (not NMEA, PCD, LAS or GeoJSON)")
+
+
+def _inputs(paths: tuple[Path, ...]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.iterdir() if p.is_file())
+        else:
+            yield path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(_READ_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Replay:
+    def __init__(self, config: Config, options: ReplayOptions, pipeline: Pipeline,
+                 summary: ReplaySummary) -> None:
+        self.config = config
+        self.options = options
+        self.pipeline = pipeline
+        self.summary = summary
+
+    async def feed(self, path: Path) -> None:
+        source = self.options.source or path.stem
+        received_at = records.utc_now()
+        try:
+            with path.open("rb") as f:
+                head = f.read(_HEAD)
+            fmt = self.options.format if self.options.format != "auto" else detect_format(head)
+        except OSError as exc:
+            raise GatewayError(f"cannot read {path}: {exc.strerror}") from None
+        self.summary.inputs += 1
+        digest = _file_digest(path)
+        if fmt == "nmea":
+            await self._nmea(path, source, digest, received_at)
+            return
+        limit = self.config.pipeline.max_payload_bytes
+        size = path.stat().st_size
+        if size > limit:
+            await self._dead(source, digest, received_at, "too_large",
+                             f"{path.name}: {size} bytes, over the limit of {limit}")
+            return
+        data = path.read_bytes()
+        if fmt == "geojson":
+            await self._geojson(data, source, digest, received_at)
+        else:
+            await self._points(fmt, data, source, digest, received_at)
+
+    async def _dead(self, source: str, digest: str, received_at: str, reason: str,
+                    detail: str, items: tuple[int | str, ...] = (0,)) -> None:
+        await self.pipeline.put(
+            DeadItem(origin(source, digest, 0, received_at), reason, detail, items)
+        )
+
+    async def _nmea(self, path: Path, source: str, digest: str, received_at: str) -> None:
+        from gatewayd.nmea import NmeaDecoder
+
+        decoder = NmeaDecoder()
+        index = 0
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(_READ_BLOCK), b""):
+                for fix in decoder.feed(block):
+                    await self.pipeline.put(
+                        FixItem(origin(source, digest, index, received_at), fix.to_tpv())
+                    )
+                    index += 1
+        for fix in decoder.flush():
+            await self.pipeline.put(FixItem(origin(source, digest, index, received_at),
+                                            fix.to_tpv()))
+            index += 1
+        counts = decoder.stats().as_dict()
+        for key, value in counts.items():
+            self.summary.nmea[key] = self.summary.nmea.get(key, 0) + int(value)
+        self.summary.sentences += int(counts.get("sentences", 0))
+        self.summary.bad_checksums += int(counts.get("bad_checksum", 0))
+
+    async def _geojson(self, data: bytes, source: str, digest: str, received_at: str) -> None:
+        from gatewayd.geojson import decode_geojson
+
+        limits = self.config.pipeline
+        try:
+            result = decode_geojson(data, max_bytes=limits.max_payload_bytes,
+                                    max_vertices=limits.max_vertices_per_polygon,
+                                    max_features=limits.max_features)
+        except DecodeError as exc:
+            await self._dead(source, digest, received_at, exc.reason, str(exc))
+            return
+        for feature in result.features:
+            await self.pipeline.put(PolygonItem(
+                origin(source, digest, feature.index, received_at),
+                feature.feature_id, feature.parts, feature.multi,
+            ))
+        for rejected in result.rejected:
+            await self._dead(source, digest, received_at, rejected.reason, rejected.detail,
+                             (rejected.index,))
+
+    async def _points(self, fmt: str, data: bytes, source: str, digest: str,
+                      received_at: str) -> None:
+        from gatewayd.las import decode_las
+        from gatewayd.pcd import decode_pcd
+
+        decode = decode_las if fmt == "las" else decode_pcd
+        try:
+            frame = decode(data, max_points=self.config.pipeline.max_points_per_frame)
+        except DecodeError as exc:
+            await self._dead(source, digest, received_at, exc.reason, str(exc))
+            return
+        crs_from = self.options.source_crs or frame.crs or self.config.crs.source
+        try:
+            geometry.check_crs(crs_from)
+        except GatewayError as exc:
+            await self._dead(source, digest, received_at, "crs", str(exc))
+            return
+        points_in = len(frame)
+        bbox = self.config.lidar.bbox
+        if bbox:
+            frame = frame.take(geometry.bbox_select(frame.xyz, bbox))
+        await self.pipeline.put(
+            FrameItem(origin(source, digest, 0, received_at), frame, crs_from, points_in)
+        )
+
+
+@contextlib.contextmanager
+def _zones_dir(config: Config) -> Iterator[str | None]:
+    """The zone file, decoded once and laid out for workers to memory-map."""
+    if not config.zones.file:
+        yield None
+        return
+    from gatewayd.geojson import decode_geojson, pack_polygons
+
+    data = Path(config.zones.file).read_bytes()
+    result = decode_geojson(data, max_bytes=len(data) + 1,
+                            max_vertices=config.pipeline.max_vertices_per_polygon,
+                            max_features=1_000_000)
+    if result.rejected:
+        logger.warning("zones: %d features of %s refused", len(result.rejected),
+                       config.zones.file)
+    names = [f.feature_id or str(f.properties.get("name", f.index)) for f in result.features]
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="gatewayd-zones-", dir=base) as tmp:
+        processing.save_zones(Path(tmp), pack_polygons(result.features), names)
+        yield tmp
+
+
+async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
+    crs_to = options.target_crs or config.crs.target
+    geometry.check_crs(crs_to)
+    if options.source_crs:
+        geometry.check_crs(options.source_crs)
+    summary = ReplaySummary()
+    out = options.output or sys.stdout
+    started = time.perf_counter()
+
+    async def emit(record: dict[str, Any]) -> None:
+        out.write(records.dumps(record) + "\n")
+        summary.records += 1
+
+    write_points = None
+    if options.points_dir is not None:
+        from gatewayd.pcd import encode_pcd
+
+        options.points_dir.mkdir(parents=True, exist_ok=True)
+        points_dir = options.points_dir
+
+        async def write_points(record_id: str, frame: Any) -> None:
+            await asyncio.to_thread((points_dir / f"{record_id}.pcd").write_bytes,
+                                    encode_pcd(frame))
+
+    settings = PipelineSettings(
+        crs_to=crs_to,
+        queue_size=config.pipeline.queue_size,
+        chunk_size=config.pipeline.chunk_size,
+        voxel_size=config.lidar.voxel_size_m,
+        in_flight=2 * config.pipeline.workers,
+    )
+    with _zones_dir(config) as zones_dir:
+        async with WorkerPool(
+            size=config.pipeline.workers,
+            handler="gatewayd.processing:handle",
+            init="gatewayd.processing:init",
+            init_args=(processing.WorkerSettings(zones_dir=zones_dir),),
+            memory_limit_mb=config.pipeline.worker_memory_mb,
+            chunk_timeout_s=config.pipeline.chunk_timeout_s,
+        ) as pool:
+            pipeline = Pipeline(settings, pool, emit, write_points)
+            runner = asyncio.create_task(pipeline.run(), name="pipeline")
+            feeder = _Replay(config, options, pipeline, summary)
+            try:
+                for path in _inputs(options.inputs):
+                    await feeder.feed(path)
+            finally:
+                pipeline.close()
+                await runner
+            summary.workers = _stats_dict(pool.stats())
+    summary.pipeline = pipeline.stats.as_dict()
+    q = pipeline.queue.stats()
+    summary.queue = {"capacity": q.capacity, "peak": q.peak, "dropped": q.dropped}
+    summary.seconds = time.perf_counter() - started
+    out.flush()
+    return summary
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    return dataclasses.asdict(stats)
