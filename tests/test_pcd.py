@@ -107,7 +107,8 @@ def test_written_pcd_reads_back_with_every_field():
     b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4\nTYPE F F F\nWIDTH 1\nPOINTS 1\nDATA binary\n",
     b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nWIDTH 5\nPOINTS 1\nDATA binary\n",
     b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nWIDTH 2\nPOINTS 2\nDATA binary\n\0\0",
-    b"VERSION 0.7\nFIELDS x y z\nSIZE 3 4 4\nTYPE F F F\nWIDTH 1\nPOINTS 1\nDATA binary\n" + b"\0" * 12,
+    b"VERSION 0.7\nFIELDS x y z\nSIZE 3 4 4\nTYPE F F F\nWIDTH 1\nPOINTS 1\nDATA binary\n"
+    + b"\0" * 12,
     b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nWIDTH 1\nPOINTS 1\nDATA ascii\na b c\n",
     b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nWIDTH 1\nPOINTS 1\nDATA lzma\n",
     b"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nWIDTH 1\nPOINTS 1\n"
