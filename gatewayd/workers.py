@@ -29,10 +29,12 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +152,8 @@ def _resolve(dotted: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
-def _worker_main(conn: Connection, handler: str, init: str | None, init_args: tuple[Any, ...],
-                 memory_limit_mb: int) -> None:
+def _worker_main(tasks: Connection, conn: Connection, handler: str, init: str | None,
+                 init_args: tuple[Any, ...], memory_limit_mb: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process owns shutdown
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for key, value in WORKER_ENV.items():
@@ -168,7 +170,7 @@ def _worker_main(conn: Connection, handler: str, init: str | None, init_args: tu
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            message = conn.recv()
+            message = tasks.recv()
         except (EOFError, OSError):
             return
         if message is None:
@@ -231,10 +233,44 @@ def _proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+class _Frames:
+    """Messages of a multiprocessing Connection, read without ever blocking.
+
+    Event loops (uvloop among them) put a watched descriptor in non-blocking
+    mode, where ``Connection.recv`` fails in the middle of a large message. The
+    wire format is the Connection's own: a 4-byte big-endian length (-1, then 8
+    bytes, for the largest) and the pickle.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            if len(self._buf) < 4:
+                break
+            (size,) = struct.unpack_from("!i", self._buf)
+            head = 4
+            if size == -1:
+                if len(self._buf) < 12:
+                    break
+                (size,) = struct.unpack_from("!Q", self._buf, 4)
+                head = 12
+            if len(self._buf) < head + size:
+                break
+            out.append(bytes(self._buf[head:head + size]))
+            del self._buf[:head + size]
+        return out
+
+
 class _Worker:
-    def __init__(self, process: Any, conn: Connection) -> None:
+    def __init__(self, process: Any, tasks: Connection, conn: Connection) -> None:
         self.process = process
-        self.conn = conn
+        self.tasks = tasks  # chunks out (blocking: the worker is idle and reading)
+        self.conn = conn  # results in (non-blocking, watched by the loop)
+        self.frames = _Frames()
         self.pid: int = process.pid
         self.ready = False
         self.chunk: tuple[str, asyncio.Future[tuple[str, Any]]] | None = None
@@ -310,15 +346,21 @@ class WorkerPool:
 
     def _start_worker(self, replacing_since: float | None = None) -> None:
         assert self._loop is not None
-        parent, child = self._ctx.Pipe()
+        # One pipe each way: results are read without blocking, while a chunk
+        # is written whole to an idle worker.
+        task_in, task_out = self._ctx.Pipe(duplex=False)
+        parent, child = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child, self._handler, self._init, self._init_args, self._memory_limit_mb),
+            args=(task_in, child, self._handler, self._init, self._init_args,
+                  self._memory_limit_mb),
             daemon=True, name="gatewayd-worker",
         )
         process.start()
+        task_in.close()
         child.close()
-        worker = _Worker(process, parent)
+        os.set_blocking(parent.fileno(), False)
+        worker = _Worker(process, task_out, parent)
         self._workers[worker.pid] = worker
         if replacing_since is not None:
             self._replace_started[worker.pid] = replacing_since
@@ -334,6 +376,7 @@ class WorkerPool:
         if worker.deadline is not None:
             worker.deadline.cancel()
         worker.conn.close()
+        worker.tasks.close()
         worker.process.join(0)
 
     def _kill(self, worker: _Worker) -> None:
@@ -346,14 +389,32 @@ class WorkerPool:
     # ---- messages and deaths ----
 
     def _on_message(self, worker: _Worker) -> None:
+        fd = worker.conn.fileno()
+        ended = False
+        frames: list[bytes] = []
         try:
-            message = worker.conn.recv()
-        except (EOFError, OSError):
+            for _ in range(64):  # at most 64 MiB per wake-up; the loop comes back
+                data = os.read(fd, 1 << 20)
+                if not data:
+                    ended = True
+                    break
+                frames += worker.frames.feed(data)
+        except BlockingIOError:
+            pass
+        except OSError:
+            ended = True
+        for frame in frames:
+            try:
+                message = ForkingPickler.loads(frame)
+            except Exception as exc:  # an unpicklable result
+                message = ("failed", worker.chunk[0] if worker.chunk else "", "error",
+                           f"result could not be read: {exc}")
+            if worker.pid in self._workers:
+                self._handle_message(worker, message)
+        if ended:
             self._on_exit(worker)
-            return
-        except Exception as exc:  # an unpicklable result
-            message = ("failed", worker.chunk[0] if worker.chunk else "", "error",
-                       f"result could not be read: {exc}")
+
+    def _handle_message(self, worker: _Worker, message: Any) -> None:
         kind = message[0]
         if kind == "ready":
             worker.ready = True
@@ -386,10 +447,15 @@ class WorkerPool:
         if worker.pid not in self._workers:
             return
         worker.process.join(1)
+        if worker.process.exitcode is None:  # its pipe broke, yet it runs on
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            worker.process.join(5)
         code = worker.process.exitcode
         chunk = worker.chunk
         self._forget(worker)
-        worker.process.close()
+        with contextlib.suppress(ValueError):
+            worker.process.close()
         if chunk is not None and not chunk[1].done():
             chunk[1].set_result(("died", (_describe_exit(code),)))
         if not self._closing:
@@ -447,7 +513,7 @@ class WorkerPool:
         future: asyncio.Future[tuple[str, Any]] = self._loop.create_future()
         worker.chunk = (chunk_id, future)
         try:
-            worker.conn.send((chunk_id, payload))
+            worker.tasks.send((chunk_id, payload))
         except (OSError, ValueError) as exc:
             worker.chunk = None
             self._kill(worker)
@@ -496,7 +562,7 @@ class WorkerPool:
             if worker.chunk is not None and not worker.chunk[1].done():
                 worker.chunk[1].set_result(("died", ("stopped at shutdown",)))
             with contextlib.suppress(OSError, ValueError):
-                worker.conn.send(None)
+                worker.tasks.send(None)
         stop_by = time.monotonic() + 1.0
         for worker in list(self._workers.values()):
             worker.process.join(max(0.0, stop_by - time.monotonic()))

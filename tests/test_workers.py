@@ -56,6 +56,29 @@ def test_chunks_run_across_workers_with_their_initializer():
     run(main())
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_large_results_and_payloads_cross_the_pipes_whole_on_either_loop(loop):
+    # uvloop puts a watched pipe in non-blocking mode: a result of many
+    # megabytes arrives over several wake-ups and must still come out whole.
+    async def main():
+        async with pool() as p:
+            sizes = [1 << 10, 8 << 20, 3 << 20, 40 << 20]
+            results = await asyncio.gather(*(p.run(f"b{i}", ("big", n))
+                                             for i, n in enumerate(sizes)))
+            assert [len(r) for r in results] == sizes
+            assert all(r[:16] * (len(r) // 16) == r for r in results)
+            assert await p.run("in", ("length", b"x" * (20 << 20))) == 20 << 20
+            stats = p.stats()
+            assert stats.deaths == 0 and stats.restarts == 0 and stats.chunks_done == 5
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        run(main())
+
+
 def test_a_chunk_over_its_time_is_failed_its_worker_killed_and_replaced():
     async def main():
         async with pool(chunk_timeout_s=0.5) as p:
