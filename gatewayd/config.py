@@ -18,7 +18,7 @@ from typing import Any
 
 from gatewayd.errors import ConfigError
 
-__all__ = ["Config", "load_config", "render_config"]
+__all__ = ["Config", "PortSpec", "load_config", "parse_port", "render_config"]
 
 _MiB = 1 << 20
 
@@ -55,6 +55,48 @@ def _bbox(value: tuple[float, ...] | None) -> str | None:
     if any(value[i] > value[i + 3] for i in range(3)):
         return "minimum exceeds maximum"
     return None
+
+
+def _ports(value: tuple[str, ...]) -> str | None:
+    names = set()
+    for spec in value:
+        try:
+            port = parse_port(spec)
+        except ValueError as exc:
+            return str(exc)
+        if port.name in names:
+            return f"port name {port.name!r} is used twice"
+        names.add(port.name)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    name: str
+    device: str
+    baud: int  # 0: find it (autobaud)
+
+
+def parse_port(spec: str) -> PortSpec:
+    """``name=device[@baud|@auto]``, e.g. ``gps0=/dev/ttyUSB0@9600``."""
+    name, eq, rest = spec.partition("=")
+    if not eq or not rest:
+        raise ValueError(f"{spec!r}: expected name=device[@baud]")
+    problem = _topic_level(name)
+    if problem:
+        raise ValueError(f"{spec!r}: the name {problem}")
+    device, at, rate = rest.rpartition("@")
+    if not at:
+        device, rate = rest, "auto"
+    if rate == "auto":
+        baud = 0
+    elif rate.isdigit() and 50 <= int(rate) <= 4_000_000:
+        baud = int(rate)
+    else:
+        raise ValueError(f"{spec!r}: baud must be a number or auto")
+    if not device.startswith("/"):
+        raise ValueError(f"{spec!r}: the device must be an absolute path")
+    return PortSpec(name, device, baud)
 
 
 def _nonempty(value: str) -> str | None:
@@ -109,9 +151,27 @@ class ZonesSection:
 
 
 @dataclass(frozen=True, slots=True)
+class SerialSection:
+    # name=device[@baud|@auto] for each receiver, e.g. "gps0=/dev/ttyUSB0@9600"
+    ports: tuple[str, ...] = _opt(_ports, default=())
+    backlog: int = _opt(_in(1, 1_000_000), default=1000)  # fixes held per port in memory
+    spill_max_mb: int = _opt(_in(1, 1 << 20), default=64)  # per port, on disk
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSection:
+    grace_s: float = _opt(_positive, default=10.0)  # to finish chunks in flight at stop
+    status_interval_s: float = _opt(_in(0.5, 3600), default=10.0)
+    gps_idle_flush_s: float = _opt(_in(0.05, 60), default=1.5)  # end an open fix cycle
+    runtime_dir: str = _opt(_nonempty, default="/run/gatewayd")
+
+
+@dataclass(frozen=True, slots=True)
 class MqttSection:
     host: str = _opt(_nonempty, default="localhost")
     port: int = _opt(_in(1, 65_535), default=1883)
+    client_id: str | None = None  # default: gatewayd-<gateway.id>
+    topic_prefix: str | None = None  # default: gatewayd/<gateway.id>
     tls: bool = False
     ca_file: str | None = _opt(_existing_file, default=None)
     cert_file: str | None = _opt(_existing_file, default=None)
@@ -121,6 +181,10 @@ class MqttSection:
     keepalive: int = _opt(_in(5, 3600), default=30)
     qos: int = _opt(_in(0, 2), default=1)
     protocol: str = _opt(_one_of("3.1.1", "5"), default="5")
+    session_expiry_s: int = _opt(_in(0, 0xFFFFFFFF), default=7 * 86400)
+    receive_maximum: int = _opt(_in(1, 65_535), default=1000)
+    reconnect_min_s: float = _opt(_positive, default=0.5)
+    reconnect_max_s: float = _opt(_positive, default=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +200,8 @@ _SECTIONS: dict[str, type] = {
     "lidar": LidarSection,
     "zones": ZonesSection,
     "mqtt": MqttSection,
+    "serial": SerialSection,
+    "daemon": DaemonSection,
     "log": LogSection,
 }
 
@@ -148,12 +214,26 @@ class Config:
     lidar: LidarSection
     zones: ZonesSection
     mqtt: MqttSection
+    serial: SerialSection
+    daemon: DaemonSection
     log: LogSection
     provenance: Mapping[str, str]
 
     @property
     def workers(self) -> int:
         return self.pipeline.workers or os.cpu_count() or 1
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix or f"gatewayd/{self.gateway.id}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"gatewayd-{self.gateway.id}"
+
+    @property
+    def ports(self) -> tuple[PortSpec, ...]:
+        return tuple(parse_port(spec) for spec in self.serial.ports)
 
 
 def _convert(key: str, text: str, kind: Any) -> Any:
@@ -167,6 +247,8 @@ def _convert(key: str, text: str, kind: Any) -> Any:
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if "tuple[str" in kind_text:
+            return tuple(v.strip() for v in text.split(",") if v.strip())
         if "tuple" in kind_text:
             return tuple(float(v) for v in text.split(",")) if text.strip() else None
         if kind_text.startswith("int"):
@@ -186,6 +268,9 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
         return None
     if "bool" in kind_text:
         ok = isinstance(value, bool)
+    elif "tuple[str" in kind_text:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
     elif "tuple" in kind_text:
         ok = isinstance(value, list | tuple) and all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in value)

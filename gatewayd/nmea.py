@@ -147,6 +147,12 @@ class NmeaDecoder:
         return self._stats
 
     @property
+    def holding(self) -> bool:
+        """Whether data fed so far waits for a fix not yet reported: an open
+        cycle, or the start of a sentence."""
+        return bool(self._pending) or (self._cycle is not None and not self._cycle.reported)
+
+    @property
     def cycle_enders(self) -> frozenset[str]:
         return frozenset(self._enders)
 

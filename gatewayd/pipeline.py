@@ -54,6 +54,9 @@ class _Origin:
     input_sha256: str
     index: int
     received_at: str
+    # Opaque to the pipeline: handed back with the item's records, so that an
+    # MQTT input is acknowledged only once every record made from it is out.
+    tokens: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +94,9 @@ class DeadItem:
 Item = FixItem | PolygonItem | FrameItem | DeadItem
 
 
-def origin(source: str, input_sha256: str, index: int, received_at: str) -> _Origin:
-    return _Origin(source, input_sha256, index, received_at)
+def origin(source: str, input_sha256: str, index: int, received_at: str,
+           tokens: tuple[object, ...] = ()) -> _Origin:
+    return _Origin(source, input_sha256, index, received_at, tokens)
 
 
 class ChunkRunner(Protocol):
@@ -140,7 +144,9 @@ class PipelineStats:
         }
 
 
-Emit = Callable[[Record], Awaitable[None]]
+# Each record goes out with the tokens of the items it was made from.
+Emit = Callable[[Record, tuple[object, ...]], Awaitable[None]]
+Output = tuple[Record, tuple[object, ...]]
 WritePoints = Callable[[str, Any], Awaitable[None]]
 
 
@@ -158,7 +164,7 @@ class Pipeline:
         self._chunk_ids = itertools.count()
         self._slots = asyncio.Semaphore(settings.in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._done: dict[int, list[Record]] = {}
+        self._done: dict[int, list[Output]] = {}
         self._next_emit = 0
 
     # ---- intake ----
@@ -226,7 +232,8 @@ class Pipeline:
                     out = await self._frame(first)
                 else:
                     assert isinstance(first, DeadItem)
-                    out = [self._dead(first.origin, first.reason, first.detail, first.items)]
+                    out = [(self._dead(first.origin, first.reason, first.detail, first.items),
+                            first.origin.tokens)]
             except GatewayError as exc:
                 out = self._chunk_failed(batch, exc.reason, str(exc))
             except Exception as exc:  # a bug must cost its chunk, not the pipeline
@@ -243,8 +250,8 @@ class Pipeline:
 
     async def _flush(self) -> None:
         while self._next_emit in self._done:
-            for record in self._done.pop(self._next_emit):
-                await self._emit(record)
+            for record, tokens in self._done.pop(self._next_emit):
+                await self._emit(record, tokens)
             self._next_emit += 1
 
     def _chunk_id(self) -> str:
@@ -258,7 +265,7 @@ class Pipeline:
 
     def _chunk_failed(
         self, batch: list[tuple[int, Item]], reason: str, detail: str
-    ) -> list[Record]:
+    ) -> list[Output]:
         by_input: dict[tuple[str, str], list[Item]] = {}
         for _, item in batch:
             by_input.setdefault((item.origin.source, item.origin.input_sha256), []).append(item)
@@ -266,12 +273,19 @@ class Pipeline:
         for group in by_input.values():
             ids = [records.record_id(i.origin.source, i.origin.input_sha256, i.origin.index)
                    for i in group]
-            out.append(self._dead(group[0].origin, reason, detail, ids))
+            source = group[0].origin.source
+            # One journal entry per failed chunk and input, findable by reason.
+            logger.warning("%s: %d items dead-lettered (%s): %s", source, len(ids), reason,
+                           detail, extra={"gatewayd_source": source,
+                                          "gatewayd_reason": reason,
+                                          "gatewayd_items": ",".join(ids)})
+            tokens = tuple(t for i in group for t in i.origin.tokens)
+            out.append((self._dead(group[0].origin, reason, detail, ids), tokens))
         return out
 
     # ---- fixes ----
 
-    async def _fixes(self, batch: list[tuple[int, Item]]) -> list[Record]:
+    async def _fixes(self, batch: list[tuple[int, Item]]) -> list[Output]:
         items = [item for _, item in batch if isinstance(item, FixItem)]
         lonlat = np.array([[i.tpv.get("lon", np.nan), i.tpv.get("lat", np.nan)] for i in items],
                           dtype=np.float64).reshape(-1, 2)
@@ -284,7 +298,7 @@ class Pipeline:
             if np.isfinite(x) and np.isfinite(y):
                 rec.update({"x": float(x), "y": float(y)})
             rec.update({"crs": self.settings.crs_to, "zones": list(zones)})
-            out.append(rec)
+            out.append((rec, item.origin.tokens))
         self.stats.fixes += len(out)
         return out
 
@@ -295,7 +309,7 @@ class Pipeline:
 
     # ---- polygons ----
 
-    async def _polygons(self, batch: list[tuple[int, Item]]) -> list[Record]:
+    async def _polygons(self, batch: list[tuple[int, Item]]) -> list[Output]:
         items = [item for _, item in batch if isinstance(item, PolygonItem)]
         arrays = geometry.pack([list(i.parts) for i in items], [i.multi for i in items])
         result = await self._runner.run(self._chunk_id(), PolygonTask(*arrays))
@@ -317,12 +331,12 @@ class Pipeline:
             self.stats.polygons += 1
             self.stats.invalid_polygons += not outcome.valid
             self.stats.repaired_polygons += outcome.repaired
-            out.append(rec)
+            out.append((rec, item.origin.tokens))
         return out
 
     # ---- LiDAR frames ----
 
-    async def _frame(self, item: FrameItem) -> list[Record]:
+    async def _frame(self, item: FrameItem) -> list[Output]:
         frame = item.frame
         n = len(frame)
         block = max(1, self.settings.block_points * max(1, self.chunk_size))
@@ -378,7 +392,7 @@ class Pipeline:
         self.stats.points_in += item.points_in
         self.stats.points_out += len(kept)
         self.stats.points_failed += failed
-        return [rec]
+        return [(rec, item.origin.tokens)]
 
     def _runner_array(self, handle: Any) -> np.ndarray:
         return handle.array()  # type: ignore[no-any-return]

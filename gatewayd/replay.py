@@ -24,16 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gatewayd import geometry, processing, records
+from gatewayd import geometry, ingest, processing, records
 from gatewayd.config import Config
-from gatewayd.errors import DecodeError, FormatError, GatewayError
+from gatewayd.errors import FormatError, GatewayError
 from gatewayd.pipeline import (
     DeadItem,
     FixItem,
-    FrameItem,
     Pipeline,
     PipelineSettings,
-    PolygonItem,
     origin,
 )
 from gatewayd.workers import WorkerPool
@@ -187,50 +185,22 @@ class _Replay:
         self.summary.sentences += int(counts.get("sentences", 0))
         self.summary.bad_checksums += int(counts.get("bad_checksum", 0))
 
-    async def _geojson(self, data: bytes, source: str, digest: str, received_at: str) -> None:
-        from gatewayd.geojson import decode_geojson
+    def _limits(self) -> ingest.Limits:
+        p = self.config.pipeline
+        return ingest.Limits(p.max_payload_bytes, p.max_points_per_frame,
+                             p.max_vertices_per_polygon, p.max_features)
 
-        limits = self.config.pipeline
-        try:
-            result = decode_geojson(data, max_bytes=limits.max_payload_bytes,
-                                    max_vertices=limits.max_vertices_per_polygon,
-                                    max_features=limits.max_features)
-        except DecodeError as exc:
-            await self._dead(source, digest, received_at, exc.reason, str(exc))
-            return
-        for feature in result.features:
-            await self.pipeline.put(PolygonItem(
-                origin(source, digest, feature.index, received_at),
-                feature.feature_id, feature.parts, feature.multi,
-            ))
-        for rejected in result.rejected:
-            await self._dead(source, digest, received_at, rejected.reason, rejected.detail,
-                             (rejected.index,))
+    async def _geojson(self, data: bytes, source: str, digest: str, received_at: str) -> None:
+        for item in ingest.polygon_items(data, source, digest, received_at, self._limits()):
+            await self.pipeline.put(item)
 
     async def _points(self, fmt: str, data: bytes, source: str, digest: str,
                       received_at: str) -> None:
-        from gatewayd.las import decode_las
-        from gatewayd.pcd import decode_pcd
-
-        decode = decode_las if fmt == "las" else decode_pcd
-        try:
-            frame = decode(data, max_points=self.config.pipeline.max_points_per_frame)
-        except DecodeError as exc:
-            await self._dead(source, digest, received_at, exc.reason, str(exc))
-            return
-        crs_from = self.options.source_crs or frame.crs or self.config.crs.source
-        try:
-            geometry.check_crs(crs_from)
-        except GatewayError as exc:
-            await self._dead(source, digest, received_at, "crs", str(exc))
-            return
-        points_in = len(frame)
-        bbox = self.config.lidar.bbox
-        if bbox:
-            frame = frame.take(geometry.bbox_select(frame.xyz, bbox))
-        await self.pipeline.put(
-            FrameItem(origin(source, digest, 0, received_at), frame, crs_from, points_in)
-        )
+        for item in ingest.frame_items(fmt, data, source, digest, received_at, self._limits(),
+                                       crs=self.options.source_crs,
+                                       default_crs=self.config.crs.source,
+                                       bbox=self.config.lidar.bbox):
+            await self.pipeline.put(item)
 
 
 @contextlib.contextmanager
@@ -264,7 +234,7 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
     out = options.output or sys.stdout
     started = time.perf_counter()
 
-    async def emit(record: dict[str, Any]) -> None:
+    async def emit(record: dict[str, Any], tokens: tuple[object, ...]) -> None:
         out.write(records.dumps(record) + "\n")
         summary.records += 1
 

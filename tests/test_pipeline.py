@@ -82,7 +82,7 @@ def _fix(i: int) -> FixItem:
 def _run(items: list[Any], runner: InProcessRunner, **settings: Any) -> list[dict]:
     out: list[dict] = []
 
-    async def emit(record: dict) -> None:
+    async def emit(record: dict, tokens: tuple = ()) -> None:
         out.append(record)
 
     async def main() -> Pipeline:
@@ -117,7 +117,7 @@ def test_the_chunk_size_can_change_while_running():
     pipeline_holder: dict[str, Pipeline] = {}
     out: list[dict] = []
 
-    async def emit(record: dict) -> None:
+    async def emit(record: dict, tokens: tuple = ()) -> None:
         out.append(record)
 
     async def main() -> None:
@@ -183,7 +183,7 @@ def test_a_frame_is_split_into_blocks_and_its_kept_points_gathered_in_order():
     out: list[dict] = []
     runner = InProcessRunner()
 
-    async def emit(record: dict) -> None:
+    async def emit(record: dict, tokens: tuple = ()) -> None:
         out.append(record)
 
     async def write(record_id: str, kept: Any) -> None:

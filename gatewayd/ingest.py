@@ -1,0 +1,221 @@
+"""Intake: raw input into pipeline items, the same for replay and the daemon.
+
+A file's bytes, an MQTT payload or a serial port's bytes become typed items
+(fixes, polygons, frames) or dead letters; nothing here does I/O or waits.
+Every item carries the origin the records made from it will name: source,
+input digest, index, reception time, and the tokens (MQTT messages awaiting
+their acknowledgement) that its records release.
+
+GPS streams keep gpsd's reporting cycle across inputs: an NMEA input whose
+sentences only open a cycle yields no fix yet; its token rides on the fix
+that closes the cycle, so that the input is acknowledged only once the data
+it carried is out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gatewayd import geometry, records
+from gatewayd.errors import DecodeError, GatewayError, InputTooLarge
+from gatewayd.nmea import Fix, NmeaDecoder
+from gatewayd.pipeline import DeadItem, FixItem, FrameItem, Item, PolygonItem, origin
+
+__all__ = ["GpsStream", "Limits", "dead", "frame_items", "gps_json_tpv", "polygon_items"]
+
+Tokens = tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int
+    max_points_per_frame: int
+    max_vertices_per_polygon: int
+    max_features: int
+
+
+def dead(source: str, digest: str, received_at: str, reason: str, detail: str,
+         items: tuple[int | str, ...] = (0,), tokens: Tokens = ()) -> DeadItem:
+    return DeadItem(origin(source, digest, 0, received_at, tokens), reason, detail, items)
+
+
+def polygon_items(data: bytes, source: str, digest: str, received_at: str, limits: Limits,
+                  tokens: Tokens = ()) -> list[Item]:
+    """A GeoJSON document's polygon features, and a dead letter per refused one."""
+    from gatewayd.geojson import decode_geojson
+
+    try:
+        result = decode_geojson(data, max_bytes=limits.max_payload_bytes,
+                                max_vertices=limits.max_vertices_per_polygon,
+                                max_features=limits.max_features)
+    except DecodeError as exc:
+        return [dead(source, digest, received_at, exc.reason, str(exc), tokens=tokens)]
+    items: list[Item] = [
+        PolygonItem(origin(source, digest, f.index, received_at, tokens), f.feature_id,
+                    f.parts, f.multi)
+        for f in result.features
+    ]
+    items += [dead(source, digest, received_at, r.reason, r.detail, (r.index,), tokens)
+              for r in result.rejected]
+    return items
+
+
+def frame_items(fmt: str, data: bytes, source: str, digest: str, received_at: str,
+                limits: Limits, *, crs: str | None, default_crs: str,
+                bbox: tuple[float, ...] | None, tokens: Tokens = ()) -> list[Item]:
+    """A PCD or LAS frame, pre-filtered to the bounding box when one is set.
+
+    ``crs`` overrides the file's own CRS; ``default_crs`` applies when neither
+    says one."""
+    from gatewayd.las import decode_las
+    from gatewayd.pcd import decode_pcd
+
+    if len(data) > limits.max_payload_bytes:
+        return [dead(source, digest, received_at, "too_large",
+                     f"{len(data)} bytes, over the limit of {limits.max_payload_bytes}",
+                     tokens=tokens)]
+    decode = decode_las if fmt == "las" else decode_pcd
+    try:
+        frame = decode(data, max_points=limits.max_points_per_frame)
+    except DecodeError as exc:
+        return [dead(source, digest, received_at, exc.reason, str(exc), tokens=tokens)]
+    crs_from = crs or frame.crs or default_crs
+    try:
+        geometry.check_crs(crs_from)
+    except GatewayError as exc:
+        return [dead(source, digest, received_at, "crs", str(exc), tokens=tokens)]
+    points_in = len(frame)
+    if bbox:
+        frame = frame.take(geometry.bbox_select(frame.xyz, bbox))
+    return [FrameItem(origin(source, digest, 0, received_at, tokens), frame, crs_from,
+                      points_in)]
+
+
+# ---- GPS ----
+
+_MODES = {0: 1, 1: 1, 2: 2, 3: 3}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def gps_json_tpv(data: bytes) -> dict[str, Any]:
+    """A gpsd TPV object or an OwnTracks location, as TPV fields.
+
+    Raises DecodeError for anything else, or a position out of range."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"GPS JSON does not parse: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DecodeError("GPS JSON must be an object")
+    tpv: dict[str, Any] = {"class": "TPV"}
+    if doc.get("class") == "TPV":
+        mode = doc.get("mode")
+        tpv["mode"] = mode if mode in (1, 2, 3) else 1
+        if isinstance(doc.get("time"), str):
+            tpv["time"] = doc["time"]
+        for name in ("lat", "lon", "altMSL", "altHAE", "alt", "speed", "track", "climb",
+                     "magvar", "eph", "epx", "epy", "epv"):
+            value = _number(doc.get(name))
+            if value is not None:
+                tpv["altMSL" if name == "alt" and "altMSL" not in doc else name] = value
+    elif doc.get("_type") == "location":
+        lat, lon = _number(doc.get("lat")), _number(doc.get("lon"))
+        if lat is None or lon is None:
+            raise DecodeError("OwnTracks location without lat and lon")
+        tpv.update({"mode": 2, "lat": lat, "lon": lon})
+        tst = _number(doc.get("tst"))
+        if tst is not None:
+            when = datetime.fromtimestamp(tst, UTC)
+            tpv["time"] = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        alt = _number(doc.get("alt"))
+        if alt is not None:
+            tpv.update({"mode": 3, "altMSL": alt})
+        for src, dst, scale in (("vel", "speed", 1 / 3.6), ("cog", "track", 1.0),
+                                ("acc", "eph", 1.0), ("vac", "epv", 1.0)):
+            value = _number(doc.get(src))
+            if value is not None:
+                tpv[dst] = value * scale
+    else:
+        raise DecodeError("GPS JSON is neither a gpsd TPV nor an OwnTracks location")
+    lat, lon = tpv.get("lat"), tpv.get("lon")
+    if (lat is None) != (lon is None):
+        raise DecodeError("GPS JSON gives only one of lat and lon")
+    if lat is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180):  # type: ignore[operator]
+        raise DecodeError(f"position out of range: lat {lat}, lon {lon}")
+    return tpv
+
+
+def _tpv_digest(tpv: dict[str, Any]) -> str:
+    # A live stream has no file to hash: a fix is named by its own content.
+    return records.input_digest(json.dumps(tpv, sort_keys=True).encode())
+
+
+class GpsStream:
+    """One GPS source's reporting cycle, kept across inputs (serial blocks or
+    MQTT messages), with the tokens of inputs whose data waits in it.
+
+    Each call returns the items made, and the tokens of inputs that are done
+    without a record of their own (their sentences made no fix: satellites in
+    view only, or garbage), which the caller may acknowledge at once."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.decoder = NmeaDecoder()
+        self._waiting: list[object] = []  # tokens of inputs in the open cycle
+
+    @property
+    def holding(self) -> bool:
+        return self.decoder.holding
+
+    def nmea(self, data: bytes, received_at: str, token: object | None = None
+             ) -> tuple[list[Item], Tokens]:
+        fixes = self.decoder.feed(data)
+        if token is not None:
+            self._waiting.append(token)
+        return self._settle(fixes, received_at)
+
+    def flush(self, received_at: str) -> tuple[list[Item], Tokens]:
+        """Ends the open cycle (the source went quiet, or intake stops)."""
+        return self._settle(self.decoder.flush(), received_at)
+
+    def _settle(self, fixes: list[Fix], received_at: str) -> tuple[list[Item], Tokens]:
+        if self.decoder.holding:
+            # This input may have opened the next cycle too: its token waits for
+            # that fix as well; the earlier ones ride on the fixes made now.
+            *earlier, last = self._waiting or [None]
+            if not fixes:
+                return [], ()
+            carried = tuple(earlier)
+            self._waiting = [last] if last is not None else []
+        else:
+            carried, self._waiting = tuple(self._waiting), []
+            if not fixes:
+                return [], carried
+        out: list[Item] = []
+        for n, fix in enumerate(fixes):
+            tpv = fix.to_tpv()
+            tokens = carried if n == len(fixes) - 1 else ()
+            out.append(FixItem(origin(self.source, _tpv_digest(tpv), 0, received_at, tokens),
+                               tpv))
+        return out, ()
+
+    def tpv(self, tpv: dict[str, Any], received_at: str, token: object | None = None
+            ) -> list[Item]:
+        tokens = () if token is None else (token,)
+        return [FixItem(origin(self.source, _tpv_digest(tpv), 0, received_at, tokens), tpv)]
+
+
+def too_large(source: str, size: int, limit: int, received_at: str,
+              tokens: Tokens = ()) -> DeadItem:
+    exc = InputTooLarge(f"{size} bytes, over the limit of {limit}")
+    return dead(source, records.input_digest(b""), received_at, exc.reason, str(exc),
+                tokens=tokens)
