@@ -1,4 +1,4 @@
-"""The command line: ``gatewayd replay | check-config | demo | version``.
+"""The command line: ``gatewayd run | replay | check-config | demo | version``.
 
 Only this module configures logging and turns errors into exit codes: every
 GatewayError becomes one clear line on stderr and its class's exit code; a
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", default="-", help="records (default: -)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", type=Path)
 
+    p = sub.add_parser("run", help="run the daemon: serial and MQTT in, results out over MQTT")
+    _common(p)
+
     p = sub.add_parser("check-config", help="print the effective configuration and its origins")
     _common(p)
 
@@ -116,6 +119,17 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_daemon(args: argparse.Namespace) -> int:
+    from gatewayd.daemon import Daemon
+    from gatewayd.journal import configure
+
+    config = _load(args)
+    configure(config.log.format, "debug" if args.debug else config.log.level,
+              environ=os.environ, debug=args.debug)
+    return _run(Daemon(config, config_path=args.config, overrides=args.overrides,
+                       environ=os.environ).run())
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from gatewayd.config import render_config
 
@@ -152,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(debug)
     try:
         args = build_parser().parse_args(argv)
-        commands = {"replay": _replay, "check-config": _check_config, "demo": _demo}
+        commands = {"replay": _replay, "run": _run_daemon, "check-config": _check_config,
+                    "demo": _demo}
         if args.command == "version":
             return _versions()
         return commands[args.command](args)

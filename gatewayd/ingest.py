@@ -176,6 +176,11 @@ class GpsStream:
     def holding(self) -> bool:
         return self.decoder.holding
 
+    @property
+    def waiting_tokens(self) -> tuple[object, ...]:
+        """Tokens of inputs whose data waits in the open cycle."""
+        return tuple(self._waiting)
+
     def nmea(self, data: bytes, received_at: str, token: object | None = None
              ) -> tuple[list[Item], Tokens]:
         fixes = self.decoder.feed(data)

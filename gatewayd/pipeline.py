@@ -147,7 +147,7 @@ class PipelineStats:
 # Each record goes out with the tokens of the items it was made from.
 Emit = Callable[[Record, tuple[object, ...]], Awaitable[None]]
 Output = tuple[Record, tuple[object, ...]]
-WritePoints = Callable[[str, Any], Awaitable[None]]
+WritePoints = Callable[[Record, Any], Awaitable[None]]
 
 
 class Pipeline:
@@ -387,7 +387,7 @@ class Pipeline:
             "zones": list(zones or ()),
         })
         if self._write_points is not None:
-            await self._write_points(rec["id"], dataclasses.replace(frame.take(kept), xyz=xyz))
+            await self._write_points(rec, dataclasses.replace(frame.take(kept), xyz=xyz))
         self.stats.frames += 1
         self.stats.points_in += item.points_in
         self.stats.points_out += len(kept)

@@ -44,7 +44,7 @@ _HEAD = 4096
 # A sentence's start: talker and type (or a proprietary tag), then a comma.
 _NMEA_START = re.compile(rb"\$(?:[A-Z]{5}|P[A-Z]{3,}),")
 
-__all__ = ["FORMATS", "ReplayOptions", "ReplaySummary", "detect_format", "replay"]
+__all__ = ["FORMATS", "ReplayOptions", "ReplaySummary", "detect_format", "replay", "zones_dir"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,7 @@ class _Replay:
 
 
 @contextlib.contextmanager
-def _zones_dir(config: Config) -> Iterator[str | None]:
+def zones_dir(config: Config) -> Iterator[str | None]:
     """The zone file, decoded once and laid out for workers to memory-map."""
     if not config.zones.file:
         yield None
@@ -245,8 +245,8 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
         options.points_dir.mkdir(parents=True, exist_ok=True)
         points_dir = options.points_dir
 
-        async def write_points(record_id: str, frame: Any) -> None:
-            await asyncio.to_thread((points_dir / f"{record_id}.pcd").write_bytes,
+        async def write_points(record: dict[str, Any], frame: Any) -> None:
+            await asyncio.to_thread((points_dir / f"{record['id']}.pcd").write_bytes,
                                     encode_pcd(frame))
 
     settings = PipelineSettings(
@@ -256,12 +256,12 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
         voxel_size=config.lidar.voxel_size_m,
         in_flight=2 * config.pipeline.workers,
     )
-    with _zones_dir(config) as zones_dir:
+    with zones_dir(config) as zones:
         async with WorkerPool(
             size=config.pipeline.workers,
             handler="gatewayd.processing:handle",
             init="gatewayd.processing:init",
-            init_args=(processing.WorkerSettings(zones_dir=zones_dir),),
+            init_args=(processing.WorkerSettings(zones_dir=zones),),
             memory_limit_mb=config.pipeline.worker_memory_mb,
             chunk_timeout_s=config.pipeline.chunk_timeout_s,
         ) as pool:

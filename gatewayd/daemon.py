@@ -1,0 +1,676 @@
+"""``gatewayd run``: live sources and sinks around the pipeline, and its lifecycle.
+
+The daemon owns one event loop. Serial ports and MQTT feed the intake; the
+intake feeds the pipeline's bounded queue; records go out over MQTT. It starts
+in order (workers, pipeline, MQTT, ports), says READY, then runs a one-second
+tick (watchdog, status, thermal control) until a signal:
+
+- SIGTERM/SIGINT: stop intake, end open GPS cycles, let chunks in flight
+  finish and their records be acknowledged by the broker within the grace
+  period, say offline, exit 0. A second signal exits at once.
+- SIGHUP: read the configuration again; keep the old one if the new one is
+  invalid. Nothing queued is lost.
+
+Backpressure. An MQTT input (QoS 1) is acknowledged only once every record
+made from it is acknowledged by the broker: its ticket counts the records
+still out. While the intake holds more than the queue's worth of items, the
+MQTT socket is not read and the broker keeps the rest. Serial input cannot
+wait: each port has a bounded backlog, and past it the configured policy
+spills to disk (bounded) or drops the oldest fix, counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gatewayd import __version__, geometry, ingest, processing, records
+from gatewayd.config import Config, load_config
+from gatewayd.errors import DecodeError, GatewayError
+from gatewayd.pipeline import FixItem, Item, Pipeline, PipelineSettings
+from gatewayd.replay import zones_dir
+from gatewayd.workers import WorkerPool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Daemon"]
+
+_INPUT_KINDS = ("gps", "lidar", "polygon")
+_OUT_KIND = {"gps_fix": "gps", "lidar_frame": "lidar", "polygon": "polygon"}
+
+
+class _Ticket:
+    """One MQTT input awaiting its acknowledgement."""
+
+    __slots__ = ("holds", "message", "waiting")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self.holds = 0  # records made from it not yet acknowledged by the broker
+        self.waiting = True  # still being decoded, or its data waits in a GPS cycle
+
+
+class _SerialBacklog:
+    """A port's fixes waiting for room in the queue; bounded, with a spill."""
+
+    def __init__(self, name: str, limit: int, policy: str, spill_dir: Path | None,
+                 spill_max_bytes: int) -> None:
+        self.name = name
+        self.items: collections.deque[Item] = collections.deque()
+        self.limit = limit
+        self.policy = policy
+        self.dropped = 0
+        self.spilled = 0
+        self._spill_path = spill_dir / f"{name}.jsonl" if spill_dir else None
+        self._spill_max = spill_max_bytes
+        self._spill_read = 0
+        self._spill_size = 0
+
+    def add(self, item: Item) -> None:
+        if self._spill_size > self._spill_read or len(self.items) >= self.limit:
+            if self.policy == "spill" and self._spill(item):
+                return
+            if len(self.items) >= self.limit:
+                self.items.popleft()
+                self.dropped += 1
+                if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                    logger.warning("%s: queue full, %d fixes dropped so far", self.name,
+                                   self.dropped, extra={"gatewayd_source": self.name,
+                                                        "gatewayd_reason": "overflow"})
+        self.items.append(item)
+
+    def _spill(self, item: Item) -> bool:
+        if self._spill_path is None or not isinstance(item, FixItem):
+            return False
+        line = json.dumps({"tpv": item.tpv, "received_at": item.origin.received_at,
+                           "sha": item.origin.input_sha256}).encode() + b"\n"
+        if self._spill_size + len(line) > self._spill_max:
+            return False
+        try:
+            with self._spill_path.open("ab") as f:
+                f.write(line)
+        except OSError as exc:
+            logger.warning("%s: cannot spill to %s: %s", self.name, self._spill_path,
+                           exc.strerror)
+            return False
+        self._spill_size += len(line)
+        self.spilled += 1
+        return True
+
+    def refill(self, origin_of: Any) -> None:
+        """Moves spilled fixes back, oldest first, while there is room."""
+        if self._spill_path is None or self._spill_size <= self._spill_read:
+            return
+        room = self.limit - len(self.items)
+        if room <= self.limit // 2:
+            return
+        with self._spill_path.open("rb") as f:
+            f.seek(self._spill_read)
+            while room > 0:
+                line = f.readline()
+                if not line:
+                    break
+                self._spill_read += len(line)
+                entry = json.loads(line)
+                self.items.append(FixItem(origin_of(self.name, entry["sha"], 0,
+                                                    entry["received_at"]), entry["tpv"]))
+                room -= 1
+        if self._spill_read >= self._spill_size:
+            self._spill_path.unlink(missing_ok=True)
+            self._spill_read = self._spill_size = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Daemon:
+    def __init__(self, config: Config, *, config_path: str | None = None,
+                 overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
+                 ) -> None:
+        self.config = config
+        self._config_path = config_path
+        self._overrides = tuple(overrides)
+        self._environ = dict(environ if environ is not None else os.environ)
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._signals = 0
+        self._started = time.monotonic()
+        self._streams: dict[str, ingest.GpsStream] = {}
+        self._last_data: dict[str, float] = {}
+        self._mqtt_inbox: collections.deque[Item] = collections.deque()
+        self._backlogs: dict[str, _SerialBacklog] = {}
+        self._wakeup = asyncio.Event()
+        self._ports: dict[str, Any] = {}
+        self._port_tasks: dict[str, asyncio.Task[None]] = {}
+        self._publishes: set[asyncio.Task[None]] = set()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._mqtt: Any = None
+        self._pipeline: Pipeline | None = None
+        self._pool: WorkerPool | None = None
+        self._notifier: Any = None
+        self._state = "starting"
+        self._progress = 0
+        self._thermal: Any = None
+        self._intake_closed = False
+
+    # ---- the lifecycle ----
+
+    async def run(self) -> int:
+        from gatewayd.notify import Notifier
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        self._notifier = Notifier(self._environ)
+        config = self.config
+        geometry.check_crs(config.crs.target)
+        geometry.check_crs(config.crs.source)
+        try:
+            with zones_dir(config) as zones:
+                async with WorkerPool(
+                    size=config.workers, handler="gatewayd.processing:handle",
+                    init="gatewayd.processing:init",
+                    init_args=(processing.WorkerSettings(zones_dir=zones),),
+                    memory_limit_mb=config.pipeline.worker_memory_mb,
+                    chunk_timeout_s=config.pipeline.chunk_timeout_s,
+                    retries=config.pipeline.retries,
+                ) as pool:
+                    self._pool = pool
+                    return await self._serve(pool)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            if self._notifier is not None:
+                self._notifier.close()
+
+    async def _serve(self, pool: WorkerPool) -> int:
+        from gatewayd.mqtt import MqttClient
+
+        config = self.config
+        pipeline = Pipeline(self._pipeline_settings(config), pool, self._emit,
+                            self._write_points)
+        self._pipeline = pipeline
+        runner = asyncio.create_task(pipeline.run(), name="pipeline")
+        # Set before connecting: messages held at the broker may arrive at once.
+        self._mqtt = MqttClient(self._mqtt_settings(config), self._on_message,
+                                subscriptions=[(f"{config.topic_prefix}/in/#", 1)])
+        async with self._mqtt:
+            intake = asyncio.create_task(self._intake(), name="intake")
+            self._start_ports(config)
+            await self._ports_settled(5.0)
+            try:
+                await asyncio.wait_for(self._mqtt.wait_ready(), 5.0)
+            except TimeoutError:
+                logger.warning("MQTT broker %s:%d not reached yet; starting anyway",
+                               config.mqtt.host, config.mqtt.port)
+            self._state = "running"
+            self._notifier.ready(self._status_line())
+            logger.info("gatewayd %s running: %d workers, %d serial ports, MQTT %s:%d, "
+                        "topics under %s/", __version__, pool.size, len(config.ports),
+                        config.mqtt.host, config.mqtt.port, config.topic_prefix)
+            self._publish_status()
+            ticker = asyncio.create_task(self._tick(), name="tick")
+            while not self._stop.is_set():
+                stop = asyncio.create_task(self._stop.wait())
+                reload = asyncio.create_task(self._reload.wait())
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                reload.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self._do_reload()
+            await self._shutdown(runner, intake, ticker)
+        return 0
+
+    def _on_stop_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            logger.warning("second %s: exiting at once", signal.Signals(sig).name)
+            os._exit(1)
+        logger.info("%s: stopping", signal.Signals(sig).name)
+        self._stop.set()
+
+    async def _shutdown(self, runner: asyncio.Task[None], intake: asyncio.Task[None],
+                        ticker: asyncio.Task[None]) -> None:
+        assert self._pipeline is not None and self._mqtt is not None
+        self._state = "stopping"
+        deadline = time.monotonic() + self.config.daemon.grace_s
+        self._notifier.stopping(f"draining {len(self._pipeline.queue)} queued items")
+        # Stop intake: ports closed, the MQTT socket no longer read (what the
+        # broker still holds stays there, unacknowledged, for the next start).
+        self._mqtt.pause()
+        await self._stop_ports(list(self._port_tasks))
+        now = records.utc_now()
+        for stream in self._streams.values():
+            self._accept(stream.source, *stream.flush(now), serial=stream.source in self._backlogs)
+        self._intake_closed = True
+        self._wakeup.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(intake), max(0.1, deadline - time.monotonic()))
+        intake.cancel()
+        self._pipeline.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(runner), max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            logger.warning("grace period over with chunks in flight; their inputs stay "
+                           "unacknowledged at the broker")
+            runner.cancel()
+        while self._publishes and time.monotonic() < deadline:
+            await asyncio.wait(self._publishes, timeout=max(0.05, deadline - time.monotonic()))
+        ticker.cancel()
+        self._state = "offline"
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._mqtt.publish(
+                f"{self.config.topic_prefix}/status", self._status_payload(), 1, True), 2.0)
+        for task in self._publishes:
+            task.cancel()
+        logger.info("stopped: %d records out, %d dead letters", self._counts["records"],
+                    self._counts["dead_letters"])
+
+    # ---- settings from the configuration ----
+
+    @staticmethod
+    def _pipeline_settings(config: Config) -> PipelineSettings:
+        return PipelineSettings(
+            crs_to=config.crs.target, queue_size=config.pipeline.queue_size,
+            chunk_size=config.pipeline.chunk_size, voxel_size=config.lidar.voxel_size_m,
+            in_flight=2 * config.workers,
+        )
+
+    @staticmethod
+    def _mqtt_settings(config: Config) -> Any:
+        from gatewayd.mqtt import MqttSettings, Will
+
+        m = config.mqtt
+        offline = json.dumps({"state": "offline", "gateway": config.gateway.id}).encode()
+        return MqttSettings(
+            host=m.host, port=m.port, client_id=config.client_id,
+            protocol="5" if m.protocol == "5" else "3.1.1", keepalive=m.keepalive,
+            tls=m.tls, ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
+            username=m.username, password_file=m.password_file,
+            session_expiry_s=m.session_expiry_s, receive_maximum=m.receive_maximum,
+            reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s,
+            will=Will(f"{config.topic_prefix}/status", offline, 1, True),
+        )
+
+    def _limits(self) -> ingest.Limits:
+        p = self.config.pipeline
+        return ingest.Limits(p.max_payload_bytes, p.max_points_per_frame,
+                             p.max_vertices_per_polygon, p.max_features)
+
+    # ---- MQTT input ----
+
+    def _on_message(self, message: Any) -> None:
+        """Called by the MQTT client in the loop for every input message."""
+        prefix = self.config.topic_prefix + "/in/"
+        ticket = _Ticket(message)
+        topic = message.topic
+        levels = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
+        from gatewayd.mqtt import valid_topic_level
+
+        if len(levels) != 2 or levels[0] not in _INPUT_KINDS or \
+                not valid_topic_level(levels[1]):
+            self._counts["refused_topics"] += 1
+            logger.warning("refused input on topic %r: expected %s<gps|lidar|polygon>/<source>",
+                           topic, prefix, extra={"gatewayd_reason": "bad_topic"})
+            self._mqtt.ack(message)
+            return
+        kind, source = levels
+        self._counts["inputs"] += 1
+        received_at = records.utc_now()
+        payload = message.payload
+        limit = self.config.pipeline.max_payload_bytes
+        tokens = (ticket,)
+        released: tuple[object, ...] = ()
+        if len(payload) > limit:
+            items: list[Item] = [ingest.too_large(source, len(payload), limit, received_at,
+                                                  tokens)]
+        elif kind == "polygon":
+            items = ingest.polygon_items(payload, source, records.input_digest(payload),
+                                         received_at, self._limits(), tokens)
+        elif kind == "lidar":
+            items = self._lidar(payload, source, received_at, tokens)
+        else:
+            items, released = self._gps(payload, source, received_at, ticket)
+        self._accept(source, items, released, serial=False)
+        ticket.waiting = any(ticket is t for s in self._streams.values()
+                             for t in s.waiting_tokens)
+        self._settle(ticket)
+
+    def _lidar(self, payload: bytes, source: str, received_at: str,
+               tokens: tuple[object, ...]) -> list[Item]:
+        from gatewayd.replay import detect_format
+
+        digest = records.input_digest(payload)
+        try:
+            fmt = detect_format(payload[:4096])
+        except GatewayError as exc:
+            return [ingest.dead(source, digest, received_at, "unsupported_format", str(exc),
+                                tokens=tokens)]
+        if fmt not in ("pcd", "las"):
+            return [ingest.dead(source, digest, received_at, "unsupported_format",
+                                f"a LiDAR input must be PCD or LAS, not {fmt}", tokens=tokens)]
+        return ingest.frame_items(fmt, payload, source, digest, received_at, self._limits(),
+                                  crs=None, default_crs=self.config.crs.source,
+                                  bbox=self.config.lidar.bbox, tokens=tokens)
+
+    def _gps(self, payload: bytes, source: str, received_at: str, ticket: _Ticket
+             ) -> tuple[list[Item], tuple[object, ...]]:
+        stream = self._stream(source)
+        head = payload.lstrip()[:1]
+        if head == b"{":
+            try:
+                tpv = ingest.gps_json_tpv(payload)
+            except DecodeError as exc:
+                return [ingest.dead(source, records.input_digest(payload), received_at,
+                                    exc.reason, str(exc), tokens=(ticket,))], ()
+            return stream.tpv(tpv, received_at, ticket), ()
+        self._last_data[source] = time.monotonic()
+        before = stream.decoder.stats().bad_checksum
+        items, released = stream.nmea(payload, received_at, ticket)
+        if stream.decoder.stats().bad_checksum > before:
+            self._counts["bad_checksums"] += stream.decoder.stats().bad_checksum - before
+        return items, released
+
+    def _stream(self, source: str) -> ingest.GpsStream:
+        stream = self._streams.get(source)
+        if stream is None:
+            stream = self._streams[source] = ingest.GpsStream(source)
+        return stream
+
+    # ---- tickets: acknowledging inputs once their records are out ----
+
+    def _accept(self, source: str, items: list[Item], released: tuple[object, ...], *,
+                serial: bool) -> None:
+        """Takes decoded items into the intake, counting holds on their tickets."""
+        for item in items:
+            for token in item.origin.tokens:
+                if isinstance(token, _Ticket):
+                    token.holds += 1
+            if serial:
+                self._backlogs[source].add(item)
+            else:
+                self._mqtt_inbox.append(item)
+        for token in released:
+            if isinstance(token, _Ticket):
+                token.waiting = False
+                self._settle(token)
+        if items:
+            self._wakeup.set()
+            if not serial and len(self._mqtt_inbox) >= self.config.pipeline.queue_size:
+                self._mqtt.pause()  # the broker holds the rest
+
+    def _settle(self, ticket: _Ticket) -> None:
+        if ticket.holds <= 0 and not ticket.waiting:
+            self._mqtt.ack(ticket.message)
+
+    def _release(self, tokens: tuple[object, ...]) -> None:
+        for token in tokens:
+            if isinstance(token, _Ticket):
+                token.holds -= 1
+                if token.holds <= 0:
+                    token.waiting = any(token is t for s in self._streams.values()
+                                        for t in s.waiting_tokens)
+                    self._settle(token)
+
+    # ---- intake: into the pipeline's bounded queue ----
+
+    async def _intake(self) -> None:
+        assert self._pipeline is not None
+        pipeline = self._pipeline
+        while True:
+            moved = False
+            if self._mqtt_inbox:
+                await pipeline.put(self._mqtt_inbox.popleft())
+                moved = True
+                if self._mqtt.paused and \
+                        len(self._mqtt_inbox) < self.config.pipeline.queue_size // 2 and \
+                        not self._stop.is_set() and not self._throttled():
+                    self._mqtt.resume()
+            for backlog in list(self._backlogs.values()):
+                if backlog.items:
+                    await pipeline.put(backlog.items.popleft())
+                    moved = True
+                backlog.refill(_origin)
+            if self._throttled():
+                await asyncio.sleep(0.05)  # the SoC is at its hard limit: slow intake
+            if not moved:
+                if self._intake_closed and not self._mqtt_inbox and \
+                        not any(self._backlogs.values()):
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+
+    def _throttled(self) -> bool:
+        return bool(self._thermal and self._thermal[1].throttle_intake)
+
+    # ---- serial ports ----
+
+    def _start_ports(self, config: Config) -> None:
+        from gatewayd.serialport import PortSettings, SerialPort
+
+        spill_dir = Path(config.gateway.state_dir) / "spill"
+        if config.pipeline.overflow == "spill":
+            try:
+                spill_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                logger.warning("no spill directory %s (%s): serial overflow drops the oldest",
+                               spill_dir, exc.strerror)
+                spill_dir = None  # type: ignore[assignment]
+        for spec in config.ports:
+            if spec.name in self._ports:
+                continue
+            port = SerialPort(PortSettings(spec.name, spec.device, spec.baud),
+                              self._on_serial_data, self._on_port_state)
+            self._ports[spec.name] = port
+            self._backlogs[spec.name] = _SerialBacklog(
+                spec.name, config.serial.backlog, config.pipeline.overflow, spill_dir,
+                config.serial.spill_max_mb << 20)
+            self._port_tasks[spec.name] = asyncio.create_task(port.run(),
+                                                              name=f"serial-{spec.name}")
+
+    async def _ports_settled(self, timeout: float) -> None:
+        """Waits (bounded) until every port is open or waiting with a reason:
+        READY must not come while a port is still being opened."""
+        deadline = time.monotonic() + timeout
+        while any(p.status.state in ("opening", "autobaud") for p in self._ports.values()):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+
+    async def _stop_ports(self, names: list[str]) -> None:
+        tasks = [self._port_tasks.pop(n) for n in names if n in self._port_tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for name in names:
+            self._ports.pop(name, None)
+
+    def _on_serial_data(self, name: str, data: bytes) -> None:
+        self._last_data[name] = time.monotonic()
+        items, _ = self._stream(name).nmea(data, records.utc_now())
+        self._accept(name, items, (), serial=True)
+
+    def _on_port_state(self, status: Any) -> None:
+        logger.info("serial %s: %s%s", status.name, status.state,
+                    f" ({status.reason})" if status.reason else "",
+                    extra={"gatewayd_source": status.name})
+
+    # ---- results out ----
+
+    async def _emit(self, record: dict[str, Any], tokens: tuple[object, ...]) -> None:
+        kind = record["kind"]
+        source = record["source"]
+        prefix = self.config.topic_prefix
+        if kind == "dead_letter":
+            topic = f"{prefix}/dead/{source}"
+            self._counts["dead_letters"] += 1
+        else:
+            topic = f"{prefix}/out/{_OUT_KIND.get(kind, kind)}/{source}"
+        self._counts["records"] += 1
+        self._progress += 1
+        self._send(topic, records.dumps(record).encode(), tokens)
+
+    async def _write_points(self, record: dict[str, Any], frame: Any) -> None:
+        from gatewayd.pcd import encode_pcd
+
+        topic = f"{self.config.topic_prefix}/out/lidar/{record['source']}/pcd"
+        await self._mqtt.publish(topic, encode_pcd(frame), 1, False)
+
+    def _send(self, topic: str, payload: bytes, tokens: tuple[object, ...]) -> None:
+        task = asyncio.create_task(self._mqtt.publish(topic, payload, 1, False))
+        self._publishes.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._publishes.discard(t)
+            if t.cancelled():
+                return
+            if t.exception() is not None:
+                self._counts["publish_failed"] += 1
+                logger.warning("result not published: %s", t.exception())
+                return  # its inputs stay unacknowledged: the broker sends them again
+            self._release(tokens)
+
+        task.add_done_callback(done)
+
+    # ---- the tick: watchdog, status, thermal, idle GPS cycles ----
+
+    async def _tick(self) -> None:
+        from gatewayd.notify import WatchdogGate
+
+        interval = self._notifier.watchdog_interval
+        gate = WatchdogGate(interval, stall_limit=max(3 * interval,
+                                                      self.config.pipeline.chunk_timeout_s + 5),
+                            now=time.monotonic()) if interval else None
+        last_status = 0.0
+        seen = self._progress
+        while True:
+            await asyncio.sleep(min(1.0, interval or 1.0))
+            now = time.monotonic()
+            self._flush_idle_streams(now)
+            self._control_thermal()
+            if gate is not None:
+                progressed = self._progress != seen
+                seen = self._progress
+                if gate.tick(now, progressed=progressed, idle=self._idle()):
+                    self._notifier.watchdog()
+            if now - last_status >= self.config.daemon.status_interval_s:
+                last_status = now
+                self._notifier.status(self._status_line())
+                self._publish_status()
+
+    def _idle(self) -> bool:
+        assert self._pipeline is not None and self._pool is not None
+        return not len(self._pipeline.queue) and not self._pool.stats().busy and \
+            not self._mqtt_inbox
+
+    def _flush_idle_streams(self, now: float) -> None:
+        quiet = self.config.daemon.gps_idle_flush_s
+        for source, stream in self._streams.items():
+            if stream.holding and now - self._last_data.get(source, now) >= quiet:
+                items, released = stream.flush(records.utc_now())
+                self._accept(source, items, released, serial=source in self._backlogs)
+
+    def _control_thermal(self) -> None:
+        pass
+
+    # ---- reload ----
+
+    async def _do_reload(self) -> None:
+        self._notifier.reloading()
+        try:
+            new = load_config(self._config_path, self._overrides, self._environ)
+            geometry.check_crs(new.crs.target)
+            geometry.check_crs(new.crs.source)
+        except GatewayError as exc:
+            logger.error("reload refused, the old configuration stays: %s", exc)
+            self._notifier.ready(self._status_line())
+            return
+        old, self.config = self.config, new
+        assert self._pipeline is not None and self._pool is not None
+        self._pipeline.settings = self._pipeline_settings(new)
+        self._pipeline.chunk_size = new.pipeline.chunk_size
+        self._pipeline.queue.capacity = new.pipeline.queue_size
+        self._pool.set_timeout(new.pipeline.chunk_timeout_s)
+        gone = [p.name for p in old.ports if p not in new.ports]
+        await self._stop_ports(gone)
+        self._start_ports(new)
+        if new.mqtt != old.mqtt or new.topic_prefix != old.topic_prefix or \
+                new.zones != old.zones:
+            logger.warning("reload: MQTT, topic and zone changes take effect at the next "
+                           "restart")
+        logger.info("configuration reloaded")
+        self._notifier.ready(self._status_line())
+
+    # ---- status ----
+
+    def status(self) -> dict[str, Any]:
+        pipeline, pool = self._pipeline, self._pool
+        q = pipeline.queue.stats() if pipeline else None
+        pool_stats = pool.stats() if pool else None
+        return {
+            "state": self._state,
+            "gateway": self.config.gateway.id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "sources": {name: {"kind": "serial", "state": p.status.state,
+                               "reason": p.status.reason, "baud": p.status.baud,
+                               "dropped": self._backlogs[name].dropped,
+                               "spilled": self._backlogs[name].spilled}
+                        for name, p in self._ports.items()},
+            "mqtt": self._mqtt.state if self._mqtt else "closed",
+            "queue": {"depth": q.depth, "peak": q.peak, "capacity": q.capacity}
+            if q else None,
+            "chunk_size": pipeline.chunk_size if pipeline else None,
+            "workers": {"alive": pool_stats.alive, "restarts": pool_stats.restarts,
+                        "timeouts": pool_stats.timeouts} if pool_stats else None,
+            "dead_letters": dict(pipeline.stats.dead_letters) if pipeline else {},
+            "counts": dict(self._counts),
+        }
+
+    def _status_payload(self) -> bytes:
+        return json.dumps(self.status()).encode()
+
+    def _status_line(self) -> str:
+        from gatewayd.notify import status_line
+
+        q = self._pipeline.queue.stats() if self._pipeline else None
+        down = {n: p.status.reason or p.status.state for n, p in self._ports.items()
+                if p.status.state != "open"}
+        if self._mqtt is not None and not self._mqtt.connected:
+            down["mqtt"] = self._mqtt.last_error or self._mqtt.state
+        return status_line(queue_depth=q.depth if q else 0,
+                           queue_capacity=q.capacity if q else 0,
+                           chunk_size=self._pipeline.chunk_size if self._pipeline else None,
+                           down=down)
+
+    def _publish_status(self) -> None:
+        payload = self._status_payload()
+        task = asyncio.create_task(self._mqtt.publish(f"{self.config.topic_prefix}/status",
+                                                      payload, 1, True))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        path = Path(self.config.daemon.runtime_dir) / "status.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(payload)
+            tmp.replace(path)
+        except OSError:
+            pass
+
+
+def _origin(source: str, digest: str, index: int, received_at: str) -> Any:
+    from gatewayd.pipeline import origin
+
+    return origin(source, digest, index, received_at)
+

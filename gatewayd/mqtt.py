@@ -1,0 +1,809 @@
+"""The MQTT edge: paho-mqtt driven by the event loop, with manual, ordered acks.
+
+MQTT input (GPS, LiDAR, polygon updates) enters the pipeline here, and results,
+status and dead letters leave through here. ``MqttClient`` runs paho's client
+inside the running event loop (uvloop or asyncio) through paho's socket
+callbacks: the socket is watched with ``add_reader``/``add_writer`` and a tick
+calls ``loop_misc()`` once a second for keepalive. There is no network thread.
+Only the blocking TCP connect and TLS handshake of ``reconnect()`` run in the
+default executor, while nothing else touches the paho client.
+
+Draining. paho 2.x ``loop_read()`` reads one packet per call, whatever its
+argument says (it reads more only while publishes of ours are in flight). One
+call per readable event ties ingest to the turns of the loop: about 4k msgs/s
+once the rest of the daemon does some work on each turn. So a readable event
+drains: ``loop_read()`` again while the last call completed a packet (seen by
+paho's callbacks, which count; no extra system call) or the TLS layer holds
+decrypted bytes (``SSLSocket.pending()``, which no readiness event can see),
+up to ``_read_batch`` packets; the rest waits for the next turn so one busy
+socket cannot starve the others. A packet without a callback (PINGRESP) or a
+partial one ends a drain early, which is harmless: readiness is
+level-triggered, so bytes left in the kernel bring the reader back. Bytes left
+inside the TLS layer do not, so ``resume()`` and the batch cap schedule the
+next drain themselves. Measured by tests/bench/bench_mqtt_client.py.
+
+Acknowledgements. The client is made with ``manual_ack=True``: a QoS 1 message
+is PUBACKed only after the owner calls ``ack(message)``, once the message's
+results are safe. MQTT requires PUBACKs in the order the PUBLISHes arrived, so
+acks go through an ordered queue: ``ack()`` marks a delivery done and PUBACKs
+go out for the longest done prefix of the queue. A message acked early waits
+for the older ones; one never acked holds back every later PUBACK. When the
+link drops, the queue is forgotten: the broker sends the unacknowledged
+messages again (with DUP set) on the persistent session, so delivery is at
+least once and the owner must tolerate duplicates. Acks of deliveries from a
+link that is gone are ignored: their packet ids may already name other
+messages.
+
+Flow control. ``pause()`` stops reading the socket and ``resume()`` starts it
+again; with manual acks the unread and unacknowledged messages wait at the
+broker. How many unacknowledged QoS 1 messages Mosquitto 2.0 sends a client
+at once (mosquitto.conf(5)):
+
+- to an MQTT 5 client: the Receive Maximum of its CONNECT (set from
+  ``receive_maximum``);
+- to an MQTT 3.1.1 client: the broker-wide ``max_inflight_messages``, 20 by
+  default, which the client cannot change. With manual acks this window, not
+  the network, bounds throughput: at most ``window / ack latency`` messages a
+  second. Prefer MQTT 5, or raise ``max_inflight_messages`` on the broker.
+
+Past the window the broker queues a client's QoS 1/2 messages up to
+``max_queued_messages`` (1000 by default) and silently drops the rest, also
+while the client is away: size it for the longest absence to be bridged.
+Mosquitto advertises ``max_inflight_messages`` to MQTT 5 clients as its own
+Receive Maximum; paho does not enforce it, so ``max_inflight`` is lowered to it
+when the CONNACK carries it.
+
+Sessions. The session is persistent (clean_session=False for 3.1.1,
+clean_start=False with a Session Expiry Interval for 5) under a stable client
+id, so QoS 1 input waits at the broker while the daemon is away, and our
+unacknowledged publishes are sent again after a reconnect. Subscriptions are
+made again on every connect. A background task connects and reconnects with
+jittered, capped exponential backoff and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gatewayd.errors import ConfigError, GatewayError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Message",
+    "MqttClient",
+    "MqttError",
+    "MqttSettings",
+    "MqttStats",
+    "Will",
+    "valid_topic_level",
+]
+
+State = Literal["closed", "connecting", "connected", "waiting"]
+_OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+class MqttError(GatewayError):
+    """The broker or the link to it failed a request."""
+
+    reason = "mqtt"
+
+
+def valid_topic_level(text: str) -> bool:
+    """Whether ``text`` may serve as one topic level naming a source: non-empty,
+    printable, at most 64 characters, without ``/``, ``+``, ``#`` or NUL."""
+    return (
+        0 < len(text) <= 64
+        and text.isprintable()
+        and not any(c in text for c in "/+#\0")
+    )
+
+
+# ---- settings and messages ----
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The Last Will the broker publishes when the link drops without DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    host: str
+    port: int = 1883
+    client_id: str = "gatewayd"
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = 30
+    tls: bool = False
+    ca_file: str | os.PathLike[str] | None = None
+    cert_file: str | os.PathLike[str] | None = None
+    key_file: str | os.PathLike[str] | None = None
+    username: str | None = None
+    password_file: str | os.PathLike[str] | None = None  # never the password itself
+    session_expiry_s: int = 7 * 24 * 3600
+    receive_maximum: int = 1000  # MQTT 5: unacked messages the broker may send us
+    max_inflight: int = 20  # our QoS 1 publishes awaiting PUBACK at once
+    max_queued: int = 10_000  # our QoS 1 publishes held in all, sent or not; 0: no bound
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    will: Will | None = None
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"mqtt.{key}: {why}", key=f"mqtt.{key}")
+
+        if self.protocol not in ("5", "3.1.1"):
+            raise bad("protocol", f"must be '5' or '3.1.1', not {self.protocol!r}")
+        if not self.host:
+            raise bad("host", "is empty")
+        if not 0 < self.port < 65536:
+            raise bad("port", f"{self.port} is out of range")
+        if not self.client_id:
+            raise bad("client_id", "a persistent session needs a stable client id")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise bad("receive_maximum", "must be within 1..65535")
+        if self.max_inflight < 0 or self.max_queued < 0:
+            raise bad("max_inflight", "limits cannot be negative")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise bad("reconnect_min_s", "needs 0 < reconnect_min_s <= reconnect_max_s")
+        if self.password_file is not None and self.username is None:
+            raise bad("password_file", "a password needs a username")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One received PUBLISH. ``delivery`` is the client's number for it, which
+    ``MqttClient.ack`` uses; it is 0 for QoS 0, which needs no ack."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    dup: bool = False
+    delivery: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MqttStats:
+    state: State
+    last_error: str | None
+    received: int
+    published: int  # our publishes the broker acknowledged (QoS 0: written)
+    acked: int  # PUBACKs we sent
+    unacked: int  # received QoS 1/2 messages awaiting their PUBACK now
+    pending_publishes: int
+    reconnects: int
+    paused: bool
+
+
+class _Delivery:
+    __slots__ = ("done", "mid", "qos")
+
+    def __init__(self, mid: int, qos: int) -> None:
+        self.mid = mid
+        self.qos = qos
+        self.done = False
+
+
+_Held = tuple[str, bytes, int, bool, "asyncio.Future[None]"]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _read_password(path: str | os.PathLike[str]) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise MqttError(f"cannot read the MQTT password file {os.fspath(path)!r}",
+                        native=exc.strerror) from None
+    except UnicodeDecodeError:
+        raise MqttError(f"the MQTT password file {os.fspath(path)!r} is not UTF-8") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+# ---- the client ----
+
+class MqttClient:
+    """An MQTT connection owned by the event loop; an async context manager,
+    reusable but not re-entrant.
+
+    ``on_message`` is called in the loop for every PUBLISH received; QoS 1/2
+    messages stay unacknowledged until ``ack()``. If it raises, the error is
+    logged and the message acked, so that one bad message cannot hold back
+    every later PUBACK.
+    """
+
+    _read_batch = 1000  # packets read per readable event at most
+    _tick_s = 1.0
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        on_message: Callable[[Message], None],
+        *,
+        subscriptions: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        self.settings = settings
+        self._on_message_cb = on_message
+        self._subscriptions = list(subscriptions)
+        self._paho: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._entered = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state: State = "closed"
+        self._last_error: str | None = None
+        self._logged_error: str | None = None
+        # the socket paho opened, and whether the loop watches it
+        self._opened: socket.socket | None = None
+        self._sock: socket.socket | None = None
+        self._fd = -1
+        self._tls_pending: Callable[[], int] | None = None
+        self._reading = False
+        self._writing = False
+        self._paused = False
+        self._connect_busy = False
+        # link events
+        self._connack: asyncio.Future[str | None] | None = None
+        self._link_down = asyncio.Event()
+        self._down_reason = ""
+        self._ready = asyncio.Event()
+        self._sub_mid: int | None = None
+        # deliveries awaiting their PUBACK, oldest first
+        self._unacked: collections.deque[_Delivery] = collections.deque()
+        self._by_delivery: dict[int, _Delivery] = {}
+        self._delivery_ids = itertools.count(1)
+        # our publishes: awaiting the broker, or held while a connect is under way
+        self._pending: dict[int, tuple[asyncio.Future[None], int]] = {}
+        self._held: collections.deque[_Held] = collections.deque()
+        self._counts = dict(received=0, published=0, acked=0, reconnects=0, connects=0)
+        self._packets = 0  # incoming packets seen by paho's callbacks: the drain's progress
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"MqttClient({s.client_id!r}, {s.host}:{s.port}, MQTT {s.protocol}, "
+                f"{self._state})")
+
+    # ---- what the owner sees ----
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        return self._state == "connected"
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def pending_publishes(self) -> int:
+        """Our publishes not yet acknowledged by the broker (QoS 0: not yet written)."""
+        return len(self._pending) + len(self._held)
+
+    def stats(self) -> MqttStats:
+        c = self._counts
+        return MqttStats(self._state, self._last_error, c["received"], c["published"],
+                         c["acked"], len(self._unacked), self.pending_publishes,
+                         c["reconnects"], self._paused)
+
+    async def wait_ready(self) -> None:
+        """Waits until connected and the subscriptions are acknowledged."""
+        await self._ready.wait()
+
+    # ---- lifecycle ----
+
+    async def __aenter__(self) -> MqttClient:
+        if self._entered:
+            raise RuntimeError("an MqttClient is not re-entrant")
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._paho = self._build()
+        self._entered = True
+        self._link_down = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._connect_forever(), name="gatewayd-mqtt-connect"),
+            asyncio.create_task(self._tick(), name="gatewayd-mqtt-tick"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Disconnects cleanly (so no Last Will) and stops the background tasks.
+        Publishes still unacknowledged fail with MqttError. A TCP connect under
+        way is waited for, at most ``connect_timeout_s``."""
+        if not self._entered:
+            return
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self._drop_link()
+        error = MqttError("the MQTT client closed before the broker acknowledged the publish")
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        for *_, future in self._held:
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        self._held.clear()
+        self._forget_deliveries()
+        self._ready.clear()
+        self._paho = None
+        self._set_state("closed")
+        self._entered = False
+
+    def _build(self) -> paho.Client:
+        s = self.settings
+        v5 = s.protocol == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            clean_session=None if v5 else False,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            manual_ack=True,
+        )
+        if s.tls:
+            try:
+                client.tls_set(
+                    ca_certs=None if s.ca_file is None else os.fspath(s.ca_file),
+                    certfile=None if s.cert_file is None else os.fspath(s.cert_file),
+                    keyfile=None if s.key_file is None else os.fspath(s.key_file),
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise MqttError("cannot set up TLS for MQTT", native=_describe(exc)) from None
+        if s.username is not None:
+            password = None if s.password_file is None else _read_password(s.password_file)
+            client.username_pw_set(s.username, password)
+        if s.will is not None:
+            client.will_set(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
+        client.max_inflight_messages_set(s.max_inflight)
+        client.max_queued_messages_set(s.max_queued)
+        client.connect_timeout = s.connect_timeout_s
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = s.session_expiry_s
+            properties.ReceiveMaximum = s.receive_maximum
+        if v5:
+            client.connect_async(s.host, s.port, s.keepalive, clean_start=False,
+                                 properties=properties)
+        else:
+            client.connect_async(s.host, s.port, s.keepalive)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_paho_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    # ---- connecting, forever ----
+
+    async def _connect_forever(self) -> None:
+        s = self.settings
+        delay = s.reconnect_min_s
+        while True:
+            self._set_state("connecting")
+            try:
+                error = await self._connect_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not end the reconnecting
+                logger.exception("unexpected error connecting to the MQTT broker")
+                error = _describe(exc)
+            if error is None:
+                delay = s.reconnect_min_s
+                await self._link_down.wait()
+                error = self._down_reason
+                self._logged_error = None
+            self._set_state("waiting", error)
+            self._log_failure(error)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, s.reconnect_max_s)
+
+    async def _connect_once(self) -> str | None:
+        """Connects once; None when the broker accepted us, else why not."""
+        assert self._loop is not None and self._paho is not None
+        self._link_down.clear()
+        self._connack = self._loop.create_future()
+        self._connect_busy = True
+        try:
+            # The TCP connect and TLS handshake block: they run in a thread while
+            # the loop keeps its hands off the paho client (see _connect_busy).
+            blocking = self._loop.run_in_executor(None, self._paho.reconnect)
+            try:
+                await asyncio.shield(blocking)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await blocking
+                raise
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            return _describe(exc)
+        finally:
+            self._connect_busy = False
+            self._attach()
+            self._flush_held()
+        if self._sock is None:
+            return "the connection closed at once"
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                error = await self._connack
+        except TimeoutError:
+            error = f"no CONNACK within {self.settings.connect_timeout_s:g} s"
+        if error is not None:
+            await self._drop_link()
+            return error
+        self._counts["connects"] += 1
+        if self._counts["connects"] > 1:
+            self._counts["reconnects"] += 1
+        self._set_state("connected", None)
+        if self._logged_error is not None:
+            logger.info("connected to the MQTT broker %s:%d again", self.settings.host,
+                        self.settings.port)
+        else:
+            logger.info("connected to the MQTT broker %s:%d", self.settings.host,
+                        self.settings.port)
+        return None
+
+    async def _drop_link(self) -> None:
+        """Ends the link with DISCONNECT (so no Last Will), or plainly if it cannot."""
+        client = self._paho
+        if client is None or self._sock is None:
+            return
+        sock = self._sock
+        client.disconnect()
+        client.loop_write()  # writes the DISCONNECT and closes, or fails and closes
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                while self._sock is sock:
+                    await asyncio.sleep(0.01)
+        if self._sock is sock:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            client.loop_read()  # reads EOF: paho closes the socket
+
+    def _set_state(self, state: State, error: str | None = "") -> None:
+        self._state = state
+        if error != "":
+            self._last_error = error
+        if state != "connected":
+            self._ready.clear()
+
+    def _log_failure(self, error: str) -> None:
+        s = self.settings
+        if error == self._logged_error:
+            logger.debug("MQTT broker %s:%d still unavailable: %s", s.host, s.port, error)
+            return
+        if self._logged_error is None and self._counts["connects"] > 0:
+            logger.warning("lost the MQTT broker %s:%d: %s; reconnecting", s.host, s.port, error)
+        else:
+            logger.warning("cannot connect to the MQTT broker %s:%d: %s; retrying", s.host,
+                           s.port, error)
+        self._logged_error = error
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)
+            if self._paho is not None and self._sock is not None and not self._connect_busy:
+                try:
+                    self._paho.loop_misc()  # keepalive: PINGREQ, or drop a silent link
+                except Exception:
+                    logger.exception("MQTT keepalive failed")
+
+    # ---- the socket in the event loop ----
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # Called in the connect thread: the loop attaches the socket afterwards.
+        self._opened = sock
+
+    def _attach(self) -> None:
+        sock, self._opened = self._opened, None
+        if sock is None or self._paho is None:
+            return
+        fd = sock.fileno()
+        if self._paho.socket() is not sock:
+            return
+        assert self._loop is not None
+        self._sock = sock
+        self._fd = fd
+        self._tls_pending = getattr(sock, "pending", None)
+        # Even when paused: the CONNACK must be read (see _may_read).
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._reading = True
+        if self._paho.want_write():
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() != self._loop_thread:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._detach, sock)
+        else:
+            self._detach(sock)
+
+    def _detach(self, sock: Any) -> None:
+        if sock is not self._sock or self._loop is None:
+            return
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+        self._reading = self._writing = False
+        self._sock = None
+        self._tls_pending = None
+        self._fd = -1
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._sock is not None and not self._writing and self._loop is not None:
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._sock is not None and self._writing and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _on_writable(self) -> None:
+        if self._paho is None or self._sock is None:
+            return
+        try:
+            self._paho.loop_write()
+        except Exception:
+            logger.exception("writing to the MQTT broker failed")
+
+    def _may_read(self) -> bool:
+        # Paused, a link still reads its CONNACK, or it could never connect.
+        return not self._paused or self._connack is None or not self._connack.done()
+
+    def _stop_reading(self) -> None:
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        client, sock = self._paho, self._sock
+        if client is None or sock is None:
+            return
+        tls_pending = self._tls_pending
+        try:
+            for _ in range(self._read_batch):
+                if not self._may_read():
+                    self._stop_reading()
+                    return
+                seen = self._packets
+                if client.loop_read() != _OK or self._sock is not sock:
+                    return
+                if self._packets == seen and not (tls_pending is not None and tls_pending()):
+                    return
+        except Exception:
+            logger.exception("reading from the MQTT broker failed")
+            return
+        # More is waiting: let the rest of the loop run first.
+        assert self._loop is not None
+        self._loop.call_soon(self._on_readable)
+
+    def pause(self) -> None:
+        """Stops reading from the broker after the packet being read; with
+        manual acks the broker holds what we have not read or not acked. While
+        publishes of ours are in flight, paho's loop_read() may hand over a few
+        more packets it read in the same call. A link being set up still reads
+        its CONNACK, so a paused client connects."""
+        self._paused = True
+        if self._connack is not None and self._connack.done():
+            self._stop_reading()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._sock is not None and not self._reading and self._loop is not None:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+            # TLS may hold decrypted bytes no readable event will announce.
+            self._loop.call_soon(self._on_readable)
+
+    # ---- paho's callbacks ----
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        self._packets += 1
+        if reason.is_failure:
+            self._resolve_connack(f"the broker refused the connection: {reason}")
+            return
+        receive_max = getattr(properties, "ReceiveMaximum", None)
+        if receive_max is not None:
+            limit = self.settings.max_inflight
+            if limit == 0 or limit > receive_max:
+                client.max_inflight_messages_set(receive_max)
+        if not flags.session_present and self._counts["connects"] > 0:
+            logger.warning("the MQTT broker kept no session for %r: messages it had queued "
+                           "for us are lost", self.settings.client_id)
+        self._sub_mid = None
+        if self._subscriptions:
+            rc, mid = client.subscribe(self._subscriptions)
+            if rc == _OK:
+                self._sub_mid = mid
+        self._resolve_connack(None)
+        if self._sub_mid is None:
+            self._ready.set()
+
+    def _resolve_connack(self, error: str | None) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(error)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
+                      reason_codes: list[Any], properties: Any) -> None:
+        self._packets += 1
+        refused = [f for f, rc in zip(self._subscriptions, reason_codes) if rc.is_failure]
+        for topic_filter, _ in refused:
+            logger.warning("the MQTT broker refused the subscription to %r", topic_filter)
+        if mid == self._sub_mid and self._state in ("connected", "connecting"):
+            self._ready.set()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self._packets += 1
+        if flags.is_disconnect_packet_from_server:
+            why = f"the broker disconnected us: {reason}"
+        else:
+            why = f"connection lost: {reason}"
+        self._down_reason = why
+        self._resolve_connack(why)
+        self._forget_deliveries()
+        self._ready.clear()
+        if self._state == "connected":
+            self._set_state("waiting", why)
+        # A QoS 0 publish not yet written is gone; QoS 1 ones are sent again.
+        lost = [mid for mid, (_, qos) in self._pending.items() if qos == 0]
+        for mid in lost:
+            future, _ = self._pending.pop(mid)
+            if not future.done():
+                future.set_exception(MqttError("the link dropped before a QoS 0 publish was "
+                                               "written"))
+        self._link_down.set()
+
+    def _on_paho_message(self, client: paho.Client, userdata: Any,
+                         msg: paho.MQTTMessage) -> None:
+        self._packets += 1
+        self._counts["received"] += 1
+        delivery = 0
+        if msg.qos > 0:
+            delivery = next(self._delivery_ids)
+            entry = _Delivery(msg.mid, msg.qos)
+            self._unacked.append(entry)
+            self._by_delivery[delivery] = entry
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            logger.warning("dropped an MQTT message whose topic is not UTF-8")
+            self._ack(delivery)
+            return
+        message = Message(topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
+                          bool(msg.dup), delivery)
+        try:
+            self._on_message_cb(message)
+        except Exception:
+            logger.exception("handling the MQTT message on %r failed; acking it", topic)
+            self._ack(delivery)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        self._packets += 1
+        entry = self._pending.pop(mid, None)
+        if entry is None:
+            return
+        future = entry[0]
+        if reason.is_failure:
+            if not future.done():
+                future.set_exception(MqttError(f"the broker refused the publish: {reason}"))
+            return
+        self._counts["published"] += 1
+        if not future.done():
+            future.set_result(None)
+
+    # ---- acks ----
+
+    def ack(self, message: Message) -> None:
+        """Marks ``message`` as safely handled. PUBACKs go out in arrival order:
+        this one waits until every older message is acked too. Acking twice,
+        a QoS 0 message or one from a link that has since dropped does nothing."""
+        self._ack(message.delivery)
+
+    def _ack(self, delivery: int) -> None:
+        entry = self._by_delivery.pop(delivery, None)
+        if entry is None:
+            return
+        entry.done = True
+        client = self._paho
+        if client is None or self._connect_busy:
+            return
+        unacked = self._unacked
+        while unacked and unacked[0].done:
+            head = unacked.popleft()
+            client.ack(head.mid, head.qos)
+            self._counts["acked"] += 1
+
+    def _forget_deliveries(self) -> None:
+        self._unacked.clear()
+        self._by_delivery.clear()
+
+    # ---- publishing ----
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1,
+                      retain: bool = False) -> None:
+        """Returns once the broker acknowledged the message (QoS 1) or it was
+        written (QoS 0). While the link is down a QoS 1 message waits in paho's
+        queue and is sent after the reconnect; a QoS 0 one fails with MqttError."""
+        if not self._entered or self._loop is None:
+            raise MqttError("the MQTT client is not running")
+        future: asyncio.Future[None] = self._loop.create_future()
+        if self._connect_busy:
+            self._held.append((topic, payload, qos, retain, future))
+        else:
+            self._submit(topic, payload, qos, retain, future)
+        await future
+
+    def _submit(self, topic: str, payload: bytes, qos: int, retain: bool,
+                future: asyncio.Future[None]) -> None:
+        assert self._paho is not None
+        info = self._paho.publish(topic, payload, qos, retain)
+        rc = info.rc
+        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            future.set_exception(MqttError(
+                f"the MQTT outgoing queue is full ({self.settings.max_queued} messages)"))
+        elif rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
+            future.set_exception(MqttError("not connected: a QoS 0 message is not queued"))
+        elif rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            future.set_exception(MqttError(f"publish failed: {paho.error_string(rc)}"))
+        else:
+            self._pending[info.mid] = (future, qos)
+
+    def _flush_held(self) -> None:
+        while self._held:
+            topic, payload, qos, retain, future = self._held.popleft()
+            if not future.done():
+                self._submit(topic, payload, qos, retain, future)

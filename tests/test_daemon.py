@@ -1,0 +1,271 @@
+"""``gatewayd run`` end to end: a real daemon process, a real Mosquitto, a pty
+as the GPS receiver, and a separate subscriber checking what comes out
+against independent oracles (pynmea2 for the sentences, pyproj for the
+projected coordinates, shapely for polygon validity)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import pynmea2
+import pyproj
+import pytest
+import shapely
+from paho.mqtt.enums import CallbackAPIVersion
+from receiver import cycle_sentences
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "gatewayd" / "samples"
+GW = "gw-test"
+
+
+class Subscriber:
+    """Collects every message under the gateway's prefix, in a thread of its own."""
+
+    def __init__(self, port: int) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-sub")
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(f"gatewayd/{GW}/#", qos=1)
+        self._client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.messages.append((message.topic, message.payload, message.retain))
+
+    def records(self, topic_part: str = "/out/") -> list[dict]:
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages
+                    if topic_part in t and not t.endswith("/pcd")]
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return [t for t, _, _ in self.messages]
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out; got topics {sorted(set(self.topics()))}")
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+class Daemon:
+    """``python -m gatewayd run`` with its own state dirs and a notify socket."""
+
+    def __init__(self, tmp: Path, port: int, *settings: str) -> None:
+        self.tmp = tmp
+        self.notify_path = tmp / f"notify-{time.monotonic_ns()}"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.settimeout(0.1)
+        self.notes: list[str] = []
+        args = [sys.executable, "-m", "gatewayd", "run",
+                "--set", f"mqtt.port={port}", "--set", "mqtt.host=127.0.0.1",
+                "--set", f"gateway.id={GW}", "--set", f"gateway.state_dir={tmp / 'state'}",
+                "--set", f"daemon.runtime_dir={tmp / 'run'}",
+                "--set", "daemon.gps_idle_flush_s=0.3", "--set", "daemon.grace_s=5",
+                "--set", "daemon.status_interval_s=0.5",
+                "--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s=1"]
+        for s in settings:
+            args += ["--set", s]
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        self.log = (tmp / "daemon.log").open("ab")
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env=env, cwd=tmp)
+
+    def wait_note(self, prefix: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for note in self.notes:
+                if note.startswith(prefix) or f"\n{prefix}" in note:
+                    return note
+            with contextlib.suppress(TimeoutError):
+                self.notes.append(self.notify.recv(4096).decode())
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited {self.process.returncode}:\n"
+                                     f"{self.output()}")
+        raise AssertionError(f"no {prefix} from the daemon; notes {self.notes}\n"
+                             f"{self.output()}")
+
+    def output(self) -> str:
+        return (self.tmp / "daemon.log").read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.notify.close()
+        self.log.close()
+        return code
+
+
+class Pty:
+    """A GPS receiver on a pseudo-terminal, reached through a stable symlink."""
+
+    def __init__(self, link: Path) -> None:
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)
+        self.link = link
+        os.symlink(os.ttyname(self.slave), link)
+        self.written: list[bytes] = []
+
+    def talk(self, cycles: range, hz: float = 10.0) -> None:
+        for i in cycles:
+            for s in cycle_sentences(i):
+                os.write(self.master, s)
+                self.written.append(s)
+            time.sleep(1 / hz)
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def _publish(port: int, topic: str, payload: bytes, qos: int = 1) -> None:
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", str(qos),
+                    "-t", topic, "-s"], input=payload, check=True, timeout=10)
+
+
+def _pcd(points: np.ndarray) -> bytes:
+    n = len(points)
+    header = ("VERSION 0.7\nFIELDS x y z\nSIZE 8 8 8\nTYPE F F F\nCOUNT 1 1 1\n"
+              f"WIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA binary\n")
+    return header.encode() + np.ascontiguousarray(points, dtype="<f8").tobytes()
+
+
+@pytest.mark.slow
+def test_serial_nmea_and_mqtt_inputs_become_correct_records_on_the_output_topics(
+        mosquitto, tmp_path):
+    gps = Pty(tmp_path / "gps0")
+    sub = Subscriber(mosquitto.port)
+    daemon = Daemon(tmp_path, mosquitto.port, f"serial.ports=gps0={gps.link}@115200",
+                    "crs.target=EPSG:32632", f"zones.file={SAMPLES / 'zones.geojson'}",
+                    "crs.source=EPSG:32632")
+    try:
+        ready = daemon.wait_note("READY=1")
+        assert "STATUS=queue 0/500" in ready
+        gps.talk(range(30))
+        prefix = f"gatewayd/{GW}/in"
+        _publish(mosquitto.port, f"{prefix}/polygon/field",
+                 (SAMPLES / "capture-sensors.geojson").read_bytes())
+        t = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True)
+        x0, y0 = t.transform(9.18, 48.78)
+        rng = np.random.default_rng(5)
+        cloud = np.column_stack([x0 + rng.uniform(0, 20, 5000), y0 + rng.uniform(0, 20, 5000),
+                                 rng.normal(250, 1, 5000)])
+        _publish(mosquitto.port, f"{prefix}/lidar/mast", _pcd(cloud))
+        _publish(mosquitto.port, f"{prefix}/gps/phone",
+                 b'{"_type":"location","lat":48.1,"lon":11.5,"tst":1700000000,"vel":36}')
+        _publish(mosquitto.port, f"{prefix}/gps/a/b", b"$GPGGA")  # an injected level
+        sub.wait_for(lambda: len([r for r in sub.records() if r["source"] == "gps0"]) >= 30
+                     and any(r["kind"] == "lidar_frame" for r in sub.records())
+                     and any(r["source"] == "phone" for r in sub.records()))
+
+        fixes = [r for r in sub.records() if r["source"] == "gps0"]
+        rmc = [pynmea2.parse(s.decode().strip()) for s in gps.written if b"RMC" in s]
+        assert len(fixes) == len(rmc) == 30
+        for fix, want in zip(fixes, rmc):
+            assert fix["kind"] == "gps_fix" and fix["mode"] == 3
+            assert fix["lat"] == pytest.approx(want.latitude, abs=1e-8)
+            assert fix["lon"] == pytest.approx(want.longitude, abs=1e-8)
+            assert fix["speed"] == pytest.approx(float(want.spd_over_grnd) * 1852 / 3600,
+                                                 abs=1e-3)
+            x, y = t.transform(fix["lon"], fix["lat"])
+            assert (fix["x"], fix["y"]) == (pytest.approx(x, abs=1e-3),
+                                            pytest.approx(y, abs=1e-3))
+            assert fix["crs"] == "EPSG:32632"
+        assert len({f["id"] for f in fixes}) == 30
+
+        features = json.loads((SAMPLES / "capture-sensors.geojson").read_text())["features"]
+        polygons = {r["feature_id"]: r for r in sub.records("/out/polygon/field")}
+        dead = sub.records("/dead/field")
+        checked = 0
+        for feature in features:
+            fid = str(feature.get("id"))
+            if fid not in polygons:
+                continue
+            geom = shapely.geometry.shape(feature["geometry"])
+            assert polygons[fid]["valid"] == bool(shapely.is_valid(geom)), fid
+            checked += 1
+        assert checked == len(polygons) and checked + len(dead) >= len(features) - 1
+
+        frame = next(r for r in sub.records() if r["kind"] == "lidar_frame")
+        assert frame["points_in"] == 5000 and 0 < frame["points_out"] <= 5000
+        lo = cloud.min(axis=0)
+        assert frame["bbox"][0] == pytest.approx(lo[0], abs=0.01)
+        assert any(t_.endswith("/out/lidar/mast/pcd") for t_ in sub.topics())
+
+        phone = next(r for r in sub.records() if r["source"] == "phone")
+        assert phone["lat"] == 48.1 and phone["speed"] == pytest.approx(10.0)
+
+        sub.wait_for(lambda: any(json.loads(p).get("counts", {}).get("refused_topics")
+                                 for t_, p, _ in sub.messages if t_.endswith("/status")))
+    finally:
+        code = daemon.stop()
+        gps.close()
+    assert code == 0, daemon.output()
+    assert "Traceback" not in daemon.output()
+    sub.wait_for(lambda: any(t_.endswith("/status") and json.loads(p)["state"] == "offline"
+                             for t_, p, _ in sub.messages))
+    sub.close()
+
+
+@pytest.mark.slow
+def test_qos1_inputs_wait_at_the_broker_while_the_daemon_is_away(mosquitto, tmp_path):
+    first = Daemon(tmp_path, mosquitto.port)
+    first.wait_note("READY=1")
+    assert first.stop() == 0  # the persistent session now exists at the broker
+    prefix = f"gatewayd/{GW}/in/gps"
+    sent = 40
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-pub")
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    for i in range(sent):
+        doc = {"class": "TPV", "mode": 2, "lat": 50.0 + i * 1e-4, "lon": 8.0,
+               "time": f"2026-01-01T00:00:{i:02d}.000Z"}
+        client.publish(f"{prefix}/away", json.dumps(doc), qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+    sub = Subscriber(mosquitto.port)
+    second = Daemon(tmp_path, mosquitto.port)
+    try:
+        second.wait_note("READY=1")
+        sub.wait_for(lambda: len(sub.records("/out/gps/away")) >= sent)
+        lats = sorted(r["lat"] for r in sub.records("/out/gps/away"))
+        assert lats == sorted(50.0 + i * 1e-4 for i in range(sent))
+    finally:
+        assert second.stop() == 0, second.output()
+        sub.close()
+
+
+def test_a_broken_configuration_exits_2_with_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pipeline]\nqueue_size = -3\n")
+    proc = subprocess.run([sys.executable, "-m", "gatewayd", "run", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pipeline.queue_size" in lines[0]
+    assert "Traceback" not in proc.stderr
