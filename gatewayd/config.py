@@ -167,6 +167,17 @@ class DaemonSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ThermalSection:
+    enabled: bool = True
+    sysfs_root: str = _opt(_nonempty, default="/sys")
+    interval_s: float = _opt(_in(0.1, 600), default=5.0)
+    soft_c: float = _opt(_in(20, 150), default=75.0)  # chunks shrink above this
+    hard_c: float = _opt(_in(20, 150), default=85.0)  # intake slows at this
+    hysteresis_c: float = _opt(_in(0, 50), default=5.0)
+    hold_s: float = _opt(_in(0, 3600), default=30.0)  # between two steps
+
+
+@dataclass(frozen=True, slots=True)
 class MqttSection:
     host: str = _opt(_nonempty, default="localhost")
     port: int = _opt(_in(1, 65_535), default=1883)
@@ -202,6 +213,7 @@ _SECTIONS: dict[str, type] = {
     "mqtt": MqttSection,
     "serial": SerialSection,
     "daemon": DaemonSection,
+    "thermal": ThermalSection,
     "log": LogSection,
 }
 
@@ -216,6 +228,7 @@ class Config:
     mqtt: MqttSection
     serial: SerialSection
     daemon: DaemonSection
+    thermal: ThermalSection
     log: LogSection
     provenance: Mapping[str, str]
 
@@ -346,6 +359,8 @@ def load_config(path: str | None, overrides: Sequence[str],
     if sections["pipeline"].min_chunk_size > sections["pipeline"].chunk_size:
         raise ConfigError("pipeline.min_chunk_size: exceeds pipeline.chunk_size",
                           key="pipeline.min_chunk_size")
+    if sections["thermal"].soft_c >= sections["thermal"].hard_c:
+        raise ConfigError("thermal.soft_c: must be below thermal.hard_c", key="thermal.soft_c")
     return Config(**sections, provenance=dict(provenance))
 
 

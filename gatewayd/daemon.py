@@ -159,7 +159,10 @@ class Daemon:
         self._notifier: Any = None
         self._state = "starting"
         self._progress = 0
-        self._thermal: Any = None
+        self._thermal: Any = None  # the last (reading, decision)
+        self._sensor: Any = None
+        self._controller: Any = None
+        self._next_thermal = 0.0
         self._intake_closed = False
 
     # ---- the lifecycle ----
@@ -173,6 +176,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         self._notifier = Notifier(self._environ)
         config = self.config
+        self._make_thermal(config)
         geometry.check_crs(config.crs.target)
         geometry.check_crs(config.crs.source)
         try:
@@ -558,7 +562,7 @@ class Daemon:
             await asyncio.sleep(min(1.0, interval or 1.0))
             now = time.monotonic()
             self._flush_idle_streams(now)
-            self._control_thermal()
+            self._control_thermal(now)
             if gate is not None:
                 progressed = self._progress != seen
                 seen = self._progress
@@ -581,8 +585,31 @@ class Daemon:
                 items, released = stream.flush(records.utc_now())
                 self._accept(source, items, released, serial=source in self._backlogs)
 
-    def _control_thermal(self) -> None:
-        pass
+    def _control_thermal(self, now: float) -> None:
+        """Shrinks chunks while the SoC is hot, and slows intake at its limit."""
+        if self._sensor is None or now < self._next_thermal:
+            return
+        self._next_thermal = now + self.config.thermal.interval_s
+        reading = self._sensor.read()
+        decision = self._controller.update(reading.celsius, now)
+        self._thermal = (reading, decision)
+        if decision.changed and self._pipeline is not None:
+            self._pipeline.chunk_size = decision.chunk_size
+            logger.warning("thermal: %s; chunk size %d%s", decision.reason, decision.chunk_size,
+                           ", intake slowed" if decision.throttle_intake else "",
+                           extra={"gatewayd_reason": f"thermal_{decision.state}"})
+            self._notifier.status(self._status_line())
+
+    def _make_thermal(self, config: Config) -> None:
+        from gatewayd.thermal import ChunkController, ThermalSensor
+
+        t = config.thermal
+        self._sensor = ThermalSensor(t.sysfs_root) if t.enabled else None
+        self._controller = ChunkController(
+            base=config.pipeline.chunk_size, minimum=config.pipeline.min_chunk_size,
+            soft_c=t.soft_c, hard_c=t.hard_c, hysteresis_c=t.hysteresis_c, hold_s=t.hold_s,
+            clock=time.monotonic)
+        self._next_thermal = 0.0
 
     # ---- reload ----
 
@@ -602,6 +629,7 @@ class Daemon:
         self._pipeline.chunk_size = new.pipeline.chunk_size
         self._pipeline.queue.capacity = new.pipeline.queue_size
         self._pool.set_timeout(new.pipeline.chunk_timeout_s)
+        self._make_thermal(new)
         gone = [p.name for p in old.ports if p not in new.ports]
         await self._stop_ports(gone)
         self._start_ports(new)
@@ -632,6 +660,8 @@ class Daemon:
             "queue": {"depth": q.depth, "peak": q.peak, "capacity": q.capacity}
             if q else None,
             "chunk_size": pipeline.chunk_size if pipeline else None,
+            "temperature_c": self._thermal[0].celsius if self._thermal else None,
+            "thermal": self._thermal[1].state if self._thermal else None,
             "workers": {"alive": pool_stats.alive, "restarts": pool_stats.restarts,
                         "timeouts": pool_stats.timeouts} if pool_stats else None,
             "dead_letters": dict(pipeline.stats.dead_letters) if pipeline else {},
@@ -649,7 +679,8 @@ class Daemon:
                 if p.status.state != "open"}
         if self._mqtt is not None and not self._mqtt.connected:
             down["mqtt"] = self._mqtt.last_error or self._mqtt.state
-        return status_line(queue_depth=q.depth if q else 0,
+        return status_line(temperature_c=self._thermal[0].celsius if self._thermal else None,
+                           queue_depth=q.depth if q else 0,
                            queue_capacity=q.capacity if q else 0,
                            chunk_size=self._pipeline.chunk_size if self._pipeline else None,
                            down=down)

@@ -269,3 +269,36 @@ def test_a_broken_configuration_exits_2_with_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "pipeline.queue_size" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def _statuses(sub: Subscriber) -> list[dict]:
+    with sub._lock:
+        return [json.loads(p) for t, p, _ in sub.messages if t.endswith("/status")]
+
+
+@pytest.mark.slow
+def test_chunks_shrink_while_the_soc_is_hot_and_grow_back_when_it_cools(mosquitto, tmp_path):
+    zone = tmp_path / "sys" / "class" / "thermal" / "thermal_zone3"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("50000\n")
+    sub = Subscriber(mosquitto.port)
+    daemon = Daemon(tmp_path, mosquitto.port, f"thermal.sysfs_root={tmp_path / 'sys'}",
+                    "thermal.interval_s=0.2", "thermal.hold_s=0.3", "pipeline.chunk_size=128",
+                    "pipeline.min_chunk_size=16")
+    try:
+        daemon.wait_note("READY=1")
+        sub.wait_for(lambda: any(s.get("temperature_c") == 50.0 for s in _statuses(sub)))
+        assert _statuses(sub)[-1]["chunk_size"] == 128
+        (zone / "temp").write_text("80000\n")  # over the soft limit of 75 °C
+        sub.wait_for(lambda: any(s["chunk_size"] == 16 for s in _statuses(sub)))
+        sizes = [s["chunk_size"] for s in _statuses(sub)]
+        shrinking = sizes[sizes.index(128):sizes.index(16) + 1]
+        assert shrinking == sorted(shrinking, reverse=True)  # stepwise, never up
+        assert any(s["thermal"] == "hot" for s in _statuses(sub))
+        (zone / "temp").write_text("60000\n")  # below the limit less the hysteresis
+        sub.wait_for(lambda: _statuses(sub)[-1]["chunk_size"] == 128)
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+        sub.close()
+    assert "chunk size 16" in daemon.output()
