@@ -250,14 +250,16 @@ class Daemon:
         self._state = "stopping"
         deadline = time.monotonic() + self.config.daemon.grace_s
         self._notifier.stopping(f"draining {len(self._pipeline.queue)} queued items")
-        # Stop intake: ports closed, the MQTT socket no longer read (what the
-        # broker still holds stays there, unacknowledged, for the next start).
-        self._mqtt.pause()
+        # Stop intake: ports closed, MQTT input no longer taken (what arrives
+        # now stays unacknowledged at the broker for the next start). The socket
+        # is still read, for the broker's acknowledgements of our results.
+        self._intake_closed = True
+        if self._mqtt.paused:
+            self._mqtt.resume()
         await self._stop_ports(list(self._port_tasks))
         now = records.utc_now()
         for stream in self._streams.values():
             self._accept(stream.source, *stream.flush(now), serial=stream.source in self._backlogs)
-        self._intake_closed = True
         self._wakeup.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(intake), max(0.1, deadline - time.monotonic()))
@@ -307,15 +309,12 @@ class Daemon:
             will=Will(f"{config.topic_prefix}/status", offline, 1, True),
         )
 
-    def _limits(self) -> ingest.Limits:
-        p = self.config.pipeline
-        return ingest.Limits(p.max_payload_bytes, p.max_points_per_frame,
-                             p.max_vertices_per_polygon, p.max_features)
-
     # ---- MQTT input ----
 
     def _on_message(self, message: Any) -> None:
         """Called by the MQTT client in the loop for every input message."""
+        if self._intake_closed:
+            return  # stopping: left unacknowledged, the broker sends it again
         prefix = self.config.topic_prefix + "/in/"
         ticket = _Ticket(message)
         topic = message.topic
@@ -341,7 +340,8 @@ class Daemon:
                                                   tokens)]
         elif kind == "polygon":
             items = ingest.polygon_items(payload, source, records.input_digest(payload),
-                                         received_at, self._limits(), tokens)
+                                         received_at, ingest.Limits.of(self.config),
+                                         tokens)
         elif kind == "lidar":
             items = self._lidar(payload, source, received_at, tokens)
         else:
@@ -364,7 +364,8 @@ class Daemon:
         if fmt not in ("pcd", "las"):
             return [ingest.dead(source, digest, received_at, "unsupported_format",
                                 f"a LiDAR input must be PCD or LAS, not {fmt}", tokens=tokens)]
-        return ingest.frame_items(fmt, payload, source, digest, received_at, self._limits(),
+        return ingest.frame_items(fmt, payload, source, digest, received_at,
+                                  ingest.Limits.of(self.config),
                                   crs=None, default_crs=self.config.crs.source,
                                   bbox=self.config.lidar.bbox, tokens=tokens)
 

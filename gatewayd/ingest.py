@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gatewayd import geometry, records
+from gatewayd.config import Config
 from gatewayd.errors import DecodeError, GatewayError, InputTooLarge
 from gatewayd.nmea import Fix, NmeaDecoder
 from gatewayd.pipeline import DeadItem, FixItem, FrameItem, Item, PolygonItem, origin
@@ -36,6 +37,12 @@ class Limits:
     max_points_per_frame: int
     max_vertices_per_polygon: int
     max_features: int
+
+    @classmethod
+    def of(cls, config: Config) -> Limits:
+        p = config.pipeline
+        return cls(p.max_payload_bytes, p.max_points_per_frame, p.max_vertices_per_polygon,
+                   p.max_features)
 
 
 def dead(source: str, digest: str, received_at: str, reason: str, detail: str,

@@ -185,18 +185,15 @@ class _Replay:
         self.summary.sentences += int(counts.get("sentences", 0))
         self.summary.bad_checksums += int(counts.get("bad_checksum", 0))
 
-    def _limits(self) -> ingest.Limits:
-        p = self.config.pipeline
-        return ingest.Limits(p.max_payload_bytes, p.max_points_per_frame,
-                             p.max_vertices_per_polygon, p.max_features)
-
     async def _geojson(self, data: bytes, source: str, digest: str, received_at: str) -> None:
-        for item in ingest.polygon_items(data, source, digest, received_at, self._limits()):
+        limits = ingest.Limits.of(self.config)
+        for item in ingest.polygon_items(data, source, digest, received_at, limits):
             await self.pipeline.put(item)
 
     async def _points(self, fmt: str, data: bytes, source: str, digest: str,
                       received_at: str) -> None:
-        for item in ingest.frame_items(fmt, data, source, digest, received_at, self._limits(),
+        limits = ingest.Limits.of(self.config)
+        for item in ingest.frame_items(fmt, data, source, digest, received_at, limits,
                                        crs=self.options.source_crs,
                                        default_crs=self.config.crs.source,
                                        bbox=self.config.lidar.bbox):
