@@ -1,4 +1,4 @@
-"""The command line: ``gatewayd run | replay | check-config | demo | version``.
+"""The command line: ``gatewayd run | replay | status | check-config | demo | version``.
 
 Only this module configures logging and turns errors into exit codes: every
 GatewayError becomes one clear line on stderr and its class's exit code; a
@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon: serial and MQTT in, results out over MQTT")
     _common(p)
+
+    p = sub.add_parser("status", help="show the local daemon's state (no broker needed)")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
 
     p = sub.add_parser("check-config", help="print the effective configuration and its origins")
     _common(p)
@@ -130,6 +134,18 @@ def _run_daemon(args: argparse.Namespace) -> int:
                        environ=os.environ).run())
 
 
+def _status(args: argparse.Namespace) -> int:
+    from gatewayd.status import read_status, render_status
+
+    config = _load(args)
+    status, age = read_status(config)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(render_status(status, age, config.daemon.status_interval_s))
+    return EXIT_OK
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from gatewayd.config import render_config
 
@@ -166,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(debug)
     try:
         args = build_parser().parse_args(argv)
-        commands = {"replay": _replay, "run": _run_daemon, "check-config": _check_config,
+        commands = {"replay": _replay, "run": _run_daemon, "status": _status,
+                    "check-config": _check_config,
                     "demo": _demo}
         if args.command == "version":
             return _versions()

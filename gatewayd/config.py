@@ -163,6 +163,10 @@ class DaemonSection:
     grace_s: float = _opt(_positive, default=10.0)  # to finish chunks in flight at stop
     status_interval_s: float = _opt(_in(0.5, 3600), default=10.0)
     gps_idle_flush_s: float = _opt(_in(0.05, 60), default=1.5)  # end an open fix cycle
+    # Watchdog pings stop once work waits this long without progress; unset:
+    # the chunk timeout plus 5 s, so that a slow but legal chunk never trips it.
+    watchdog_stall_s: float | None = _opt(lambda v: None if v is None or v > 0
+                                          else "must be greater than 0", default=None)
     runtime_dir: str = _opt(_nonempty, default="/run/gatewayd")
 
 
@@ -175,6 +179,22 @@ class ThermalSection:
     hard_c: float = _opt(_in(20, 150), default=85.0)  # intake slows at this
     hysteresis_c: float = _opt(_in(0, 50), default=5.0)
     hold_s: float = _opt(_in(0, 3600), default=30.0)  # between two steps
+
+
+def _prom_path(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return None if value.endswith(".prom") else "must name a file ending in .prom"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    textfile: str | None = _opt(_prom_path, default=None)  # for node_exporter's collector
+    textfile_interval_s: float = _opt(_in(1, 3600), default=15.0)
+    http: bool = False  # serve /metrics
+    host: str = _opt(_nonempty, default="127.0.0.1")  # loopback only, unless allow_remote
+    port: int = _opt(_in(1, 65_535), default=9464)
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +234,7 @@ _SECTIONS: dict[str, type] = {
     "serial": SerialSection,
     "daemon": DaemonSection,
     "thermal": ThermalSection,
+    "metrics": MetricsSection,
     "log": LogSection,
 }
 
@@ -229,6 +250,7 @@ class Config:
     serial: SerialSection
     daemon: DaemonSection
     thermal: ThermalSection
+    metrics: MetricsSection
     log: LogSection
     provenance: Mapping[str, str]
 

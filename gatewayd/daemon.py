@@ -164,6 +164,10 @@ class Daemon:
         self._controller: Any = None
         self._next_thermal = 0.0
         self._intake_closed = False
+        self._lags: collections.deque[float] = collections.deque(maxlen=1200)
+        self._metrics: Any = None
+        self._rates = (time.monotonic(), 0, 0)  # when, inputs, records
+        self._rate_in = self._rate_out = 0.0
 
     # ---- the lifecycle ----
 
@@ -177,6 +181,9 @@ class Daemon:
         self._notifier = Notifier(self._environ)
         config = self.config
         self._make_thermal(config)
+        from gatewayd.metrics import GatewayMetrics
+
+        self._metrics = GatewayMetrics()
         geometry.check_crs(config.crs.target)
         geometry.check_crs(config.crs.source)
         try:
@@ -224,6 +231,8 @@ class Daemon:
                         config.mqtt.host, config.mqtt.port, config.topic_prefix)
             self._publish_status()
             ticker = asyncio.create_task(self._tick(), name="tick")
+            probe = asyncio.create_task(self._probe_lag(), name="loop-lag")
+            exporter = asyncio.create_task(self._export(), name="metrics")
             while not self._stop.is_set():
                 stop = asyncio.create_task(self._stop.wait())
                 reload = asyncio.create_task(self._reload.wait())
@@ -233,6 +242,9 @@ class Daemon:
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
                     await self._do_reload()
+            probe.cancel()
+            exporter.cancel()
+            await asyncio.gather(probe, exporter, return_exceptions=True)
             await self._shutdown(runner, intake, ticker)
         return 0
 
@@ -330,6 +342,7 @@ class Daemon:
             return
         kind, source = levels
         self._counts["inputs"] += 1
+        self._metrics.message_in(source, kind)
         received_at = records.utc_now()
         payload = message.payload
         limit = self.config.pipeline.max_payload_bytes
@@ -504,6 +517,9 @@ class Daemon:
     def _on_serial_data(self, name: str, data: bytes) -> None:
         self._last_data[name] = time.monotonic()
         items, _ = self._stream(name).nmea(data, records.utc_now())
+        if items:
+            self._counts["serial_fixes"] += len(items)
+            self._metrics.message_in(name, "gps", len(items))
         self._accept(name, items, (), serial=True)
 
     def _on_port_state(self, status: Any) -> None:
@@ -520,8 +536,10 @@ class Daemon:
         if kind == "dead_letter":
             topic = f"{prefix}/dead/{source}"
             self._counts["dead_letters"] += 1
+            self._metrics.dead_letter(record["reason"])
         else:
             topic = f"{prefix}/out/{_OUT_KIND.get(kind, kind)}/{source}"
+            self._metrics.message_out(source, _OUT_KIND.get(kind, kind))
         self._counts["records"] += 1
         self._progress += 1
         self._send(topic, records.dumps(record).encode(), tokens)
@@ -554,9 +572,10 @@ class Daemon:
         from gatewayd.notify import WatchdogGate
 
         interval = self._notifier.watchdog_interval
-        gate = WatchdogGate(interval, stall_limit=max(3 * interval,
-                                                      self.config.pipeline.chunk_timeout_s + 5),
-                            now=time.monotonic()) if interval else None
+        stall = self.config.daemon.watchdog_stall_s or \
+            max(3 * (interval or 1), self.config.pipeline.chunk_timeout_s + 5)
+        gate = WatchdogGate(interval, stall_limit=stall, now=time.monotonic()) \
+            if interval else None
         last_status = 0.0
         seen = self._progress
         while True:
@@ -571,8 +590,83 @@ class Daemon:
                     self._notifier.watchdog()
             if now - last_status >= self.config.daemon.status_interval_s:
                 last_status = now
+                self._measure_rates(now)
+                self._observe()
                 self._notifier.status(self._status_line())
                 self._publish_status()
+
+    async def _probe_lag(self) -> None:
+        """How late the loop wakes a task that asked to sleep 50 ms."""
+        period = 0.05
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + period
+            await asyncio.sleep(period)
+            self._lags.append(max(0.0, loop.time() - due))
+
+    def loop_lag_ms(self) -> dict[str, float]:
+        lags = sorted(self._lags)
+        if not lags:
+            return {}
+        def pick(q: float) -> float:
+            return round(lags[min(len(lags) - 1, int(q * len(lags)))] * 1000, 2)
+
+        return {"p50": pick(0.5), "p99": pick(0.99), "max": round(lags[-1] * 1000, 2)}
+
+    def _measure_rates(self, now: float) -> None:
+        when, inputs, out = self._rates
+        if now > when:
+            self._rate_in = (self._counts["inputs"] + self._counts["serial_fixes"] - inputs) / \
+                (now - when)
+            self._rate_out = (self._counts["records"] - out) / (now - when)
+        self._rates = (now, self._counts["inputs"] + self._counts["serial_fixes"],
+                       self._counts["records"])
+
+    def _observe(self) -> None:
+        """The figures of the metrics exposition, brought up to date."""
+        m = self._metrics
+        if m is None or self._pipeline is None or self._pool is None:
+            return
+        m.uptime.set(time.monotonic() - self._started)
+        m.observe_channel("pipeline", self._pipeline.queue.stats())
+        m.observe_pool(self._pool.stats())
+        m.chunk_size.set(self._pipeline.chunk_size)
+        if self._thermal is not None:
+            m.observe_thermal(*self._thermal)
+        if self._lags:
+            m.loop_lag.set(max(self._lags))
+        for name, port in self._ports.items():
+            m.set_source_state(name, port.status.state)
+        if self._mqtt is not None:
+            m.set_source_state("mqtt", self._mqtt.state)
+
+    async def _export(self) -> None:
+        """The textfile for node_exporter, and /metrics on loopback, if configured."""
+        from gatewayd.metrics import MetricsServer, write_textfile
+
+        cfg = self.config.metrics
+        server = None
+        if cfg.http:
+            server = MetricsServer(self._metrics.registry, cfg.host, cfg.port,
+                                   allow_remote=cfg.allow_remote)
+            try:
+                await server.start()
+            except (OSError, GatewayError) as exc:
+                logger.error("metrics endpoint %s:%d not started: %s", cfg.host, cfg.port, exc)
+                server = None
+        try:
+            while True:
+                if cfg.textfile:
+                    self._observe()
+                    try:
+                        await asyncio.to_thread(write_textfile, self._metrics.registry,
+                                                cfg.textfile)
+                    except OSError as exc:
+                        logger.warning("metrics textfile %s: %s", cfg.textfile, exc)
+                await asyncio.sleep(cfg.textfile_interval_s)
+        finally:
+            if server is not None:
+                await server.close()
 
     def _idle(self) -> bool:
         assert self._pipeline is not None and self._pool is not None
@@ -666,6 +760,8 @@ class Daemon:
             "workers": {"alive": pool_stats.alive, "restarts": pool_stats.restarts,
                         "timeouts": pool_stats.timeouts} if pool_stats else None,
             "dead_letters": dict(pipeline.stats.dead_letters) if pipeline else {},
+            "rates": {"in_per_s": round(self._rate_in, 1), "out_per_s": round(self._rate_out, 1)},
+            "loop_lag_ms": self.loop_lag_ms(),
             "counts": dict(self._counts),
         }
 
@@ -684,6 +780,7 @@ class Daemon:
                            queue_depth=q.depth if q else 0,
                            queue_capacity=q.capacity if q else 0,
                            chunk_size=self._pipeline.chunk_size if self._pipeline else None,
+                           in_rate=self._rate_in, out_rate=self._rate_out,
                            down=down)
 
     def _publish_status(self) -> None:

@@ -73,7 +73,8 @@ class Subscriber:
 class Daemon:
     """``python -m gatewayd run`` with its own state dirs and a notify socket."""
 
-    def __init__(self, tmp: Path, port: int, *settings: str) -> None:
+    def __init__(self, tmp: Path, port: int, *settings: str,
+                 env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.notify_path = tmp / f"notify-{time.monotonic_ns()}"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -89,7 +90,7 @@ class Daemon:
                 "--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s=1"]
         for s in settings:
             args += ["--set", s]
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         self.log = (tmp / "daemon.log").open("ab")
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                         env=env, cwd=tmp)
@@ -108,6 +109,17 @@ class Daemon:
         raise AssertionError(f"no {prefix} from the daemon; notes {self.notes}\n"
                              f"{self.output()}")
 
+    def collect(self, seconds: float) -> list[tuple[float, str]]:
+        """Every notification that arrives within ``seconds``, with its time."""
+        out = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                note = self.notify.recv(4096).decode()
+                self.notes.append(note)
+                out.append((time.monotonic(), note))
+        return out
+
     def output(self) -> str:
         return (self.tmp / "daemon.log").read_text(errors="replace")
 
@@ -115,6 +127,10 @@ class Daemon:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout)
+        self.notify.settimeout(0)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # what it said on its way out
+                self.notes.append(self.notify.recv(4096).decode())
         self.notify.close()
         self.log.close()
         return code
@@ -302,3 +318,76 @@ def test_chunks_shrink_while_the_soc_is_hot_and_grow_back_when_it_cools(mosquitt
         assert daemon.stop() == 0, daemon.output()
         sub.close()
     assert "chunk size 16" in daemon.output()
+
+
+def _worker_pids(textfile: Path) -> list[int]:
+    pids = []
+    for line in textfile.read_text().splitlines():
+        if line.startswith("gatewayd_worker_rss_bytes{"):
+            pids.append(int(line.split('pid="')[1].split('"')[0]))
+    return pids
+
+
+@pytest.mark.slow
+def test_watchdog_pings_follow_progress_and_stop_while_the_pipeline_is_wedged(
+        mosquitto, tmp_path):
+    prom = tmp_path / "gatewayd.prom"
+    daemon = Daemon(tmp_path, mosquitto.port, "daemon.watchdog_stall_s=2",
+                    "pipeline.chunk_timeout_s=60", f"metrics.textfile={prom}",
+                    "metrics.textfile_interval_s=1",
+                    env={"WATCHDOG_USEC": "1000000"})
+    wedged: list[int] = []
+    try:
+        daemon.wait_note("READY=1")
+        pings = [t for t, n in daemon.collect(3.0) if "WATCHDOG=1" in n]
+        assert len(pings) >= 4  # every half of WATCHDOG_USEC while idle
+        assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0
+
+        deadline = time.monotonic() + 10
+        while not (prom.exists() and _worker_pids(prom)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        wedged = _worker_pids(prom)
+        assert len(wedged) == 2
+        assert "gatewayd_queue_capacity" in prom.read_text()
+        for pid in wedged:
+            os.kill(pid, signal.SIGSTOP)  # work waits, nothing progresses
+        for i in range(20):
+            doc = {"class": "TPV", "mode": 2, "lat": 50.0, "lon": 8.0 + i * 1e-3}
+            _publish(mosquitto.port, f"gatewayd/{GW}/in/gps/stuck", json.dumps(doc).encode())
+        daemon.collect(3.0)  # the stall limit (2 s) passes
+        silent = [t for t, n in daemon.collect(2.5) if "WATCHDOG=1" in n]
+        assert silent == []  # systemd would now restart the service
+
+        for pid in wedged:
+            os.kill(pid, signal.SIGCONT)
+        wedged = []
+        resumed = [t for t, n in daemon.collect(3.0) if "WATCHDOG=1" in n]
+        assert len(resumed) >= 2
+
+        daemon.process.send_signal(signal.SIGHUP)
+        notes = [n for _, n in daemon.collect(2.0)]
+        reloading = next(n for n in notes if "RELOADING=1" in n)
+        usec = int(reloading.split("MONOTONIC_USEC=")[1].split()[0])
+        assert abs(usec - time.monotonic_ns() // 1000) < 5_000_000
+        assert any("READY=1" in n for n in notes[notes.index(reloading):])
+
+        shown = subprocess.run([sys.executable, "-m", "gatewayd", "status", "--set",
+                                f"daemon.runtime_dir={tmp_path / 'run'}"],
+                               capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0, shown.stderr
+        assert f"on {GW}: running" in shown.stdout and "queue" in shown.stdout
+    finally:
+        for pid in wedged:
+            os.kill(pid, signal.SIGCONT)
+        code = daemon.stop()
+    assert code == 0, daemon.output()
+    assert any(n.startswith("STOPPING=1") for n in daemon.notes)
+    assert "Traceback" not in daemon.output()
+
+
+def test_status_without_a_daemon_says_so_in_one_line_and_exits_3(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gatewayd", "status", "--set",
+                           f"daemon.runtime_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3
+    assert proc.stderr.strip().count("\n") == 0 and "not running" in proc.stderr
