@@ -6,6 +6,7 @@ projected coordinates, shapely for polygon validity)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import pty
@@ -341,7 +342,7 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_pipeline_is_wedged(
         daemon.wait_note("READY=1")
         pings = [t for t, n in daemon.collect(3.0) if "WATCHDOG=1" in n]
         assert len(pings) >= 4  # every half of WATCHDOG_USEC while idle
-        assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0
+        assert max(b - a for a, b in itertools.pairwise(pings)) < 1.0
 
         deadline = time.monotonic() + 10
         while not (prom.exists() and _worker_pids(prom)) and time.monotonic() < deadline:
