@@ -214,7 +214,7 @@ class Daemon:
         runner = asyncio.create_task(pipeline.run(), name="pipeline")
         # Set before connecting: messages held at the broker may arrive at once.
         self._mqtt = MqttClient(self._mqtt_settings(config), self._on_message,
-                                subscriptions=[(f"{config.topic_prefix}/in/#", 1)])
+                                subscriptions=[(f"{config.topic_prefix}/in/#", config.mqtt.qos)])
         async with self._mqtt:
             intake = asyncio.create_task(self._intake(), name="intake")
             self._start_ports(config)

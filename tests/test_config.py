@@ -90,3 +90,25 @@ def test_check_config_output_is_toml_that_loads_back_to_the_same_values(tmp_path
     assert "chunk_size = 32  # --set" in text
     again = load_config(write(tmp_path, text), [], {})
     assert again.pipeline == config.pipeline and again.lidar == config.lidar
+
+
+def test_the_example_configuration_loads_and_documents_every_key():
+    import dataclasses
+    from pathlib import Path
+
+    from gatewayd.config import _SECTIONS
+
+    example = Path(__file__).resolve().parents[1] / "systemd" / "gatewayd.toml"
+    config = load_config(str(example), [], {})
+    text = example.read_text()
+    for section, cls in _SECTIONS.items():
+        assert f"[{section}]" in text
+        for f in dataclasses.fields(cls):
+            set_or_shown = f"\n{f.name} = " in text or f"\n# {f.name} = " in text
+            assert set_or_shown, f"{section}.{f.name} is not documented"
+            if f"\n{f.name} = " in text:
+                # What the example sets is the default: it documents, it does not change.
+                default = getattr(load_config(None, [], {}), section)
+                if f.name != "id":
+                    assert getattr(getattr(config, section), f.name) == \
+                        getattr(default, f.name), f"{section}.{f.name}"
