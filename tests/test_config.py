@@ -76,9 +76,9 @@ def test_a_toml_syntax_error_names_the_line(tmp_path):
 
 
 def test_wrong_types_in_the_file_and_missing_files_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match="pipeline.chunk_size"):
+    with pytest.raises(ConfigError, match=r"pipeline\.chunk_size"):
         load_config(write(tmp_path, "[pipeline]\nchunk_size = \"big\"\n"), [], {})
-    with pytest.raises(ConfigError, match="mqtt.tls"):
+    with pytest.raises(ConfigError, match=r"mqtt\.tls"):
         load_config(write(tmp_path, "[mqtt]\ntls = 1\n"), [], {})
     with pytest.raises(ConfigError, match="not found"):
         load_config(str(tmp_path / "missing.toml"), [], {})
