@@ -459,6 +459,11 @@ class WorkerPool:
         if chunk is not None and not chunk[1].done():
             chunk[1].set_result(("died", (_describe_exit(code),)))
         if not self._closing:
+            logger.warning("worker %d %s%s; starting another", worker.pid, _describe_exit(code),
+                           f" during chunk {chunk[0]}" if chunk else "",
+                           extra={"gatewayd_worker_pid": worker.pid,
+                                  "gatewayd_chunk": chunk[0] if chunk else None,
+                                  "gatewayd_reason": "worker_died"})
             self._counts["restarts"] += 1
             self._start_worker()
 
@@ -468,7 +473,9 @@ class WorkerPool:
             return
         since = time.monotonic()
         logger.warning("chunk %s over its %.1f s: killing worker %d", chunk[0],
-                       self.chunk_timeout_s, worker.pid)
+                       self.chunk_timeout_s, worker.pid,
+                       extra={"gatewayd_chunk": chunk[0], "gatewayd_worker_pid": worker.pid,
+                              "gatewayd_reason": "timeout"})
         worker.chunk = None
         self._kill(worker)
         if not chunk[1].done():
@@ -500,7 +507,8 @@ class WorkerPool:
             attempts += 1
             if attempts > self.retries or self._closing:
                 raise WorkerDied(f"chunk {chunk_id}: worker {detail[0]}")
-            logger.warning("chunk %s: worker %s; retrying", chunk_id, detail[0])
+            logger.warning("chunk %s: worker %s; retrying", chunk_id, detail[0],
+                           extra={"gatewayd_chunk": chunk_id, "gatewayd_reason": "worker_died"})
 
     async def _run_once(self, chunk_id: str, payload: object) -> tuple[str, tuple[Any, ...]]:
         assert self._idle is not None and self._loop is not None

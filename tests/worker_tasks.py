@@ -54,3 +54,14 @@ def handle(task: tuple[str, Any]) -> Any:
 
 def broken_init(tag: str) -> None:
     raise RuntimeError(f"cannot start: {tag}")
+
+
+def hang_on_fixes(task: Any) -> Any:
+    """A handler for pipeline tasks that never finishes a chunk of fixes."""
+    from gatewayd.processing import FixTask
+    from gatewayd.processing import handle as real
+
+    if isinstance(task, FixTask):
+        while True:
+            time.sleep(1)
+    return real(task)
