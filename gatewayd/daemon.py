@@ -164,6 +164,8 @@ class Daemon:
         self._controller: Any = None
         self._next_thermal = 0.0
         self._intake_closed = False
+        self._zones = contextlib.ExitStack()
+        self._mqtt_up = asyncio.Event()  # clear while the client is being replaced
         self._lags: collections.deque[float] = collections.deque(maxlen=1200)
         self._metrics: Any = None
         self._rates = (time.monotonic(), 0, 0)  # when, inputs, records
@@ -187,7 +189,9 @@ class Daemon:
         geometry.check_crs(config.crs.target)
         geometry.check_crs(config.crs.source)
         try:
-            with zones_dir(config) as zones:
+            with contextlib.ExitStack() as stack:
+                zones = stack.enter_context(zones_dir(config))
+                self._zones = stack.pop_all()
                 async with WorkerPool(
                     size=config.workers, handler="gatewayd.processing:handle",
                     init="gatewayd.processing:init",
@@ -199,23 +203,21 @@ class Daemon:
                     self._pool = pool
                     return await self._serve(pool)
         finally:
+            self._zones.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if self._notifier is not None:
                 self._notifier.close()
 
     async def _serve(self, pool: WorkerPool) -> int:
-        from gatewayd.mqtt import MqttClient
 
         config = self.config
         pipeline = Pipeline(self._pipeline_settings(config), pool, self._emit,
                             self._write_points)
         self._pipeline = pipeline
         runner = asyncio.create_task(pipeline.run(), name="pipeline")
-        # Set before connecting: messages held at the broker may arrive at once.
-        self._mqtt = MqttClient(self._mqtt_settings(config), self._on_message,
-                                subscriptions=[(f"{config.topic_prefix}/in/#", config.mqtt.qos)])
-        async with self._mqtt:
+        await self._connect(config)
+        try:
             intake = asyncio.create_task(self._intake(), name="intake")
             self._start_ports(config)
             await self._ports_settled(5.0)
@@ -246,7 +248,18 @@ class Daemon:
             exporter.cancel()
             await asyncio.gather(probe, exporter, return_exceptions=True)
             await self._shutdown(runner, intake, ticker)
+        finally:
+            await self._mqtt.close()
         return 0
+
+    async def _connect(self, config: Config) -> None:
+        from gatewayd.mqtt import MqttClient
+
+        # Set before connecting: messages held at the broker may arrive at once.
+        self._mqtt = MqttClient(self._mqtt_settings(config), self._on_message,
+                                subscriptions=[(f"{config.topic_prefix}/in/#", config.mqtt.qos)])
+        await self._mqtt.__aenter__()
+        self._mqtt_up.set()
 
     def _on_stop_signal(self, sig: int) -> None:
         self._signals += 1
@@ -548,10 +561,14 @@ class Daemon:
         from gatewayd.pcd import encode_pcd
 
         topic = f"{self.config.topic_prefix}/out/lidar/{record['source']}/pcd"
-        await self._mqtt.publish(topic, encode_pcd(frame), 1, False)
+        await self._publish(topic, encode_pcd(frame), 1, False)
+
+    async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        await self._mqtt_up.wait()  # while the client is replaced on reload
+        await self._mqtt.publish(topic, payload, qos, retain)
 
     def _send(self, topic: str, payload: bytes, tokens: tuple[object, ...]) -> None:
-        task = asyncio.create_task(self._mqtt.publish(topic, payload, 1, False))
+        task = asyncio.create_task(self._publish(topic, payload, 1, False))
         self._publishes.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -708,6 +725,24 @@ class Daemon:
 
     # ---- reload ----
 
+    async def _new_zones(self, config: Config) -> None:
+        """Workers are replaced, as they finish their chunks, by ones with the
+        new zone index; the old index files go once nothing maps them anew."""
+        assert self._pool is not None
+        stack = contextlib.ExitStack()
+        try:
+            zones = stack.enter_context(zones_dir(config))
+        except (OSError, GatewayError) as exc:
+            stack.close()
+            logger.error("reload: zones from %s not loaded (%s); the old zones stay",
+                         config.zones.file, exc)
+            return
+        old, self._zones = self._zones, stack
+        self._pool.set_memory_limit(config.pipeline.worker_memory_mb)
+        self._pool.reconfigure((processing.WorkerSettings(zones_dir=zones),))
+        old.close()  # workers map their zone files at start: unlinking is safe
+        logger.info("reload: %s zones; workers being replaced", config.zones.file or "no")
+
     async def _do_reload(self) -> None:
         self._notifier.reloading()
         try:
@@ -728,10 +763,18 @@ class Daemon:
         gone = [p.name for p in old.ports if p not in new.ports]
         await self._stop_ports(gone)
         self._start_ports(new)
+        if new.zones != old.zones or new.pipeline.worker_memory_mb != \
+                old.pipeline.worker_memory_mb:
+            await self._new_zones(new)
         if new.mqtt != old.mqtt or new.topic_prefix != old.topic_prefix or \
-                new.zones != old.zones:
-            logger.warning("reload: MQTT, topic and zone changes take effect at the next "
-                           "restart")
+                new.client_id != old.client_id:
+            # Inputs not yet acknowledged on the old link come again on the
+            # new one (same session); their records keep their ids.
+            self._mqtt_up.clear()
+            await self._mqtt.close()
+            await self._connect(new)
+            logger.info("MQTT reconnected to %s:%d under %s/", new.mqtt.host, new.mqtt.port,
+                        new.topic_prefix)
         logger.info("configuration reloaded")
         self._notifier.ready(self._status_line())
 
@@ -785,8 +828,8 @@ class Daemon:
 
     def _publish_status(self) -> None:
         payload = self._status_payload()
-        task = asyncio.create_task(self._mqtt.publish(f"{self.config.topic_prefix}/status",
-                                                      payload, 1, True))
+        task = asyncio.create_task(self._publish(f"{self.config.topic_prefix}/status",
+                                                 payload, 1, True))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         path = Path(self.config.daemon.runtime_dir) / "status.json"
         try:

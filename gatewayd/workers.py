@@ -278,6 +278,7 @@ class _Worker:
         self.chunks = 0
         self.peak_rss_kb = 0
         self.started = time.monotonic()
+        self.retire = False  # started with settings that have since changed
 
 
 class WorkerPool:
@@ -332,6 +333,31 @@ class WorkerPool:
 
     def set_timeout(self, seconds: float) -> None:
         self.chunk_timeout_s = seconds
+
+    def set_memory_limit(self, megabytes: int) -> None:
+        """The address-space cap of workers started from now on."""
+        self._memory_limit_mb = megabytes
+
+    def reconfigure(self, init_args: tuple[Any, ...]) -> None:
+        """New initializer arguments (e.g. a new zone index): every worker is
+        replaced by one started with them, idle ones at once, busy ones when
+        their chunk is done. No chunk is lost or interrupted."""
+        self._init_args = init_args
+        for worker in list(self._workers.values()):
+            worker.retire = True
+            if worker.ready and worker.chunk is None:
+                self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Stops a worker in good order and starts its replacement."""
+        assert self._loop is not None
+        with contextlib.suppress(OSError, ValueError):
+            worker.tasks.send(None)
+        process = worker.process
+        self._forget(worker)
+        self._loop.call_later(2.0, _reap, process)
+        if not self._closing:
+            self._start_worker()
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + 60
@@ -440,6 +466,9 @@ class WorkerPool:
         if not future.done():
             future.set_result((kind, message[2:]))
         if kind == "ok" or kind == "failed":
+            if worker.retire:
+                self._retire(worker)
+                return
             assert self._idle is not None
             self._idle.put_nowait(worker)
 
@@ -580,6 +609,17 @@ class WorkerPool:
                 self._forget(worker)
                 worker.process.close()
         self._loop = None
+
+
+def _reap(process: Any) -> None:
+    """Collects a retired worker; one that has not stopped by now is killed."""
+    process.join(0)
+    if process.exitcode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.join(1)
+    with contextlib.suppress(ValueError):
+        process.close()
 
 
 def _describe_exit(code: int | None) -> str:

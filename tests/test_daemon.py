@@ -75,7 +75,7 @@ class Daemon:
     """``python -m gatewayd run`` with its own state dirs and a notify socket."""
 
     def __init__(self, tmp: Path, port: int, *settings: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, config: Path | None = None) -> None:
         self.tmp = tmp
         self.notify_path = tmp / f"notify-{time.monotonic_ns()}"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -91,6 +91,8 @@ class Daemon:
                 "--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s=1"]
         for s in settings:
             args += ["--set", s]
+        if config is not None:
+            args += ["--config", str(config)]
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         self.log = (tmp / "daemon.log").open("ab")
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
@@ -392,3 +394,44 @@ def test_status_without_a_daemon_says_so_in_one_line_and_exits_3(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3
     assert proc.stderr.strip().count("\n") == 0 and "not running" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sighup_applies_new_topics_and_zones_and_keeps_the_old_config_when_invalid(
+        mosquitto, tmp_path):
+    conf = tmp_path / "gatewayd.toml"
+    conf.write_text('[mqtt]\ntopic_prefix = "site/a"\n')
+    sub = Subscriber(mosquitto.port)
+    sub._client.subscribe("site/#", qos=1)
+    daemon = Daemon(tmp_path, mosquitto.port, config=conf)
+    fix = b'{"class":"TPV","mode":2,"lat":48.7801,"lon":9.1801}'
+    try:
+        daemon.wait_note("READY=1")
+        _publish(mosquitto.port, "site/a/in/gps/car", fix)
+        sub.wait_for(lambda: sub.records("site/a/out/gps/car"))
+        assert sub.records("site/a/out/gps/car")[0]["zones"] == []
+
+        zones = json.loads((SAMPLES / "zones.geojson").read_text())
+        inside = [f for f in zones["features"]
+                  if shapely.geometry.shape(f["geometry"]).contains(
+                      shapely.geometry.Point(9.1801, 48.7801))]
+        conf.write_text('[mqtt]\ntopic_prefix = "site/b"\n'
+                        f'[zones]\nfile = "{SAMPLES / "zones.geojson"}"\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_note("RELOADING=1")
+        time.sleep(1.0)  # the new subscription and workers
+        _publish(mosquitto.port, "site/b/in/gps/car", fix.replace(b"48.7801", b"48.78011"))
+        sub.wait_for(lambda: sub.records("site/b/out/gps/car"), timeout=30)
+        got = sub.records("site/b/out/gps/car")[0]
+        want = {str(f.get("id") or f["properties"].get("name")) for f in inside}
+        assert set(got["zones"]) == want and want  # the point lies in a zone
+
+        conf.write_text("[pipeline]\nqueue_size = -1\n")  # invalid: refused
+        daemon.process.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        _publish(mosquitto.port, "site/b/in/gps/car", fix.replace(b"48.7801", b"48.78012"))
+        sub.wait_for(lambda: len(sub.records("site/b/out/gps/car")) >= 2)
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+        sub.close()
+    assert "reload refused" in daemon.output() and "queue_size" in daemon.output()

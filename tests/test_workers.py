@@ -229,3 +229,26 @@ def test_an_initializer_that_fails_everywhere_is_a_clear_error():
         await p.close()
 
     run(main())
+
+
+def test_reconfigure_replaces_every_worker_and_loses_no_chunk():
+    async def main():
+        async with pool() as p:
+            old = {w.pid for w in p.stats().workers}
+            busy = asyncio.create_task(p.run("slow", ("sleep", 0.5)))
+            await asyncio.sleep(0.1)
+            p.reconfigure(("u",))
+            results = await asyncio.gather(*(p.run(f"e{i}", ("echo", i)) for i in range(6)))
+            assert await busy in old  # the chunk in flight finished on its old worker
+            assert [r[2] for r in results] == list(range(6))
+            for _ in range(200):
+                pids = {w.pid for w in p.stats().workers}
+                if len(pids) == 2 and not pids & old:
+                    break
+                await asyncio.sleep(0.02)
+            assert not pids & old and len(pids) == 2
+            after = await asyncio.gather(*(p.run(f"a{i}", ("echo", i)) for i in range(4)))
+            assert {r[0] for r in after} == {"u"}
+            assert p.stats().deaths == 0 and p.stats().timeouts == 0
+
+    run(main())
