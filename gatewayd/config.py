@@ -9,6 +9,7 @@ where each value came from, for ``gatewayd check-config``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -216,6 +217,9 @@ class MqttSection:
     receive_maximum: int = _opt(_in(1, 65_535), default=1000)
     reconnect_min_s: float = _opt(_positive, default=0.5)
     reconnect_max_s: float = _opt(_positive, default=30.0)
+    # Plain MQTT to a broker off this machine sends credentials and data in the
+    # clear: refused unless this is set on purpose.
+    allow_plaintext: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,9 +385,39 @@ def load_config(path: str | None, overrides: Sequence[str],
     if sections["pipeline"].min_chunk_size > sections["pipeline"].chunk_size:
         raise ConfigError("pipeline.min_chunk_size: exceeds pipeline.chunk_size",
                           key="pipeline.min_chunk_size")
+    _check_mqtt_security(sections["mqtt"])
     if sections["thermal"].soft_c >= sections["thermal"].hard_c:
         raise ConfigError("thermal.soft_c: must be below thermal.hard_c", key="thermal.soft_c")
     return Config(**sections, provenance=dict(provenance))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.startswith("127."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_mqtt_security(mqtt: MqttSection) -> None:
+    if not mqtt.tls and not mqtt.allow_plaintext and not _loopback(mqtt.host):
+        raise ConfigError(f"mqtt.tls: the broker {mqtt.host} is not on this machine; turn on "
+                          "TLS, or set mqtt.allow_plaintext = true to send in the clear",
+                          key="mqtt.tls")
+    if mqtt.password_file is None:
+        return
+    if mqtt.username is None:
+        raise ConfigError("mqtt.password_file: a password needs mqtt.username",
+                          key="mqtt.password_file")
+    try:
+        mode = os.stat(mqtt.password_file).st_mode
+    except OSError as exc:
+        raise ConfigError(f"mqtt.password_file: cannot read {mqtt.password_file}: "
+                          f"{exc.strerror}", key="mqtt.password_file") from None
+    if mode & 0o007:
+        raise ConfigError(f"mqtt.password_file: {mqtt.password_file} is readable by every "
+                          "user; chmod o-rwx it", key="mqtt.password_file")
 
 
 def _toml_value(value: Any) -> str:

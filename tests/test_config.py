@@ -112,3 +112,28 @@ def test_the_example_configuration_loads_and_documents_every_key():
                 if f.name != "id":
                     assert getattr(getattr(config, section), f.name) == \
                         getattr(default, f.name), f"{section}.{f.name}"
+
+
+def test_plain_mqtt_to_another_machine_is_refused_unless_allowed():
+    with pytest.raises(ConfigError, match=r"mqtt\.tls"):
+        load_config(None, ["mqtt.host=broker.example.net"], {})
+    with pytest.raises(ConfigError, match=r"mqtt\.tls"):
+        load_config(None, ["mqtt.host=10.1.2.3"], {})
+    assert load_config(None, ["mqtt.host=10.1.2.3", "mqtt.tls=true"], {}).mqtt.tls
+    assert load_config(None, ["mqtt.host=10.1.2.3", "mqtt.allow_plaintext=yes"], {})
+    for host in ("localhost", "127.0.0.1", "127.8.9.10", "::1"):
+        assert load_config(None, [f"mqtt.host={host}"], {}).mqtt.host == host
+
+
+def test_a_password_file_others_can_read_is_refused(tmp_path):
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by every user") as info:
+        load_config(None, ["mqtt.username=gw", f"mqtt.password_file={secret}"], {})
+    assert "s3cret" not in str(info.value)
+    secret.chmod(0o640)
+    config = load_config(None, ["mqtt.username=gw", f"mqtt.password_file={secret}"], {})
+    assert "s3cret" not in render_config(config)
+    with pytest.raises(ConfigError, match="needs mqtt.username"):
+        load_config(None, [f"mqtt.password_file={secret}"], {})
