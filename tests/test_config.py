@@ -135,5 +135,5 @@ def test_a_password_file_others_can_read_is_refused(tmp_path):
     secret.chmod(0o640)
     config = load_config(None, ["mqtt.username=gw", f"mqtt.password_file={secret}"], {})
     assert "s3cret" not in render_config(config)
-    with pytest.raises(ConfigError, match="needs mqtt.username"):
+    with pytest.raises(ConfigError, match=r"needs mqtt\.username"):
         load_config(None, [f"mqtt.password_file={secret}"], {})
