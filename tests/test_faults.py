@@ -1,0 +1,267 @@
+"""Fault injection with real components: a real Mosquitto stopped and started,
+the daemon killed with SIGKILL and started again, workers killed and hung,
+the wall clock jumping. Each scenario sends uniquely marked inputs and
+accounts for every one of them at an independent subscriber, as a result or
+a dead letter; duplicates must carry identical ids; the watchdog pings must
+go on."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from broker import Broker
+from paho.mqtt.enums import CallbackAPIVersion
+from test_daemon import GW, Daemon
+
+pytestmark = pytest.mark.slow
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+class Publisher:
+    """A QoS 1 publisher on a persistent session that rides out broker restarts."""
+
+    def __init__(self, port: int) -> None:
+        self.acked: set[int] = set()
+        self._mids: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fault-pub",
+                                  clean_session=False)
+        self.client.reconnect_delay_set(0.1, 1)
+        self.client.on_publish = self._on_publish
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        with self._lock:
+            if mid in self._mids:
+                self.acked.add(self._mids.pop(mid))
+
+    def send(self, n: int) -> None:
+        doc = {"class": "TPV", "mode": 2, "lat": 50.0 + n * 1e-5, "lon": 8.0}
+        with self._lock:
+            info = self.client.publish(f"gatewayd/{GW}/in/gps/truck", json.dumps(doc), qos=1)
+            self._mids[info.mid] = n
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Collector:
+    """Results and dead letters on a persistent session of its own."""
+
+    def __init__(self, port: int) -> None:
+        self.results: list[dict] = []
+        self.dead: list[dict] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fault-sub",
+                                  clean_session=False)
+        self.client.reconnect_delay_set(0.1, 1)
+        self.client.on_connect = lambda c, *a: c.subscribe(
+            [(f"gatewayd/{GW}/out/#", 1), (f"gatewayd/{GW}/dead/#", 1)])
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        record = json.loads(message.payload)
+        with self._lock:
+            (self.dead if record["kind"] == "dead_letter" else self.results).append(record)
+
+    def marks(self) -> set[int]:
+        with self._lock:
+            return {round((r["lat"] - 50.0) / 1e-5) for r in self.results}
+
+    def accounted(self) -> set[str]:
+        with self._lock:
+            return {r["id"] for r in self.results} | {i for d in self.dead for i in d["items"]}
+
+    def wait(self, predicate, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{len(self.results)} results, {len(self.dead)} dead letters")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _stream(pub: Publisher, count: int, rate_hz: float, faults) -> None:
+    """Sends ``count`` inputs at ``rate_hz``, calling each fault at its index."""
+    for n in range(count):
+        if n in faults:
+            faults[n]()
+        pub.send(n)
+        time.sleep(1 / rate_hz)
+
+
+def _daemon(tmp: Path, port: int, *settings: str, env: dict | None = None) -> Daemon:
+    tmp.mkdir(parents=True, exist_ok=True)
+    daemon = Daemon(tmp, port, "pipeline.chunk_timeout_s=2", *settings,
+                    env={"WATCHDOG_USEC": "2000000", **(env or {})})
+    daemon.wait_note("READY=1")
+    return daemon
+
+
+def _pings(daemon: Daemon) -> list[float]:
+    return [t for t, n in daemon.collect(3.0) if "WATCHDOG=1" in n]
+
+
+def _same_id_for_each_duplicate(results: list[dict]) -> None:
+    ids: dict[float, set[str]] = {}
+    for r in results:
+        ids.setdefault(r["lat"], set()).add(r["id"])
+    assert all(len(v) == 1 for v in ids.values())
+
+
+def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(tmp_path):
+    broker = Broker(directory=tmp_path / "mq", persistence=True).start()
+    daemon = pub = sub = None
+    try:
+        sub = Collector(broker.port)
+        daemon = _daemon(tmp_path, broker.port)
+        pub = Publisher(broker.port)
+
+        def bounce() -> None:
+            broker.stop()
+            time.sleep(1.0)
+            broker.start()
+
+        _stream(pub, 300, 100, {75: bounce, 150: bounce, 225: bounce})
+        sub.wait(lambda: pub.acked <= sub.marks() and len(pub.acked) == 300)
+        assert sub.marks() == set(range(300)) and not sub.dead
+        _same_id_for_each_duplicate(sub.results)
+        assert len(_pings(daemon)) >= 2  # still alive, still progressing
+        assert daemon.process.poll() is None
+    finally:
+        for part in (pub, sub):
+            if part:
+                part.close()
+        if daemon:
+            assert daemon.stop() == 0, daemon.output()
+        broker.close()
+
+
+def test_the_daemon_killed_with_sigkill_and_restarted_loses_no_input(tmp_path):
+    broker = Broker(directory=tmp_path / "mq", persistence=True).start()
+    rng = random.Random(7)
+    runs: list[Daemon] = []
+    pub = sub = None
+    try:
+        sub = Collector(broker.port)
+        runs.append(_daemon(tmp_path / "0", broker.port))
+        pub = Publisher(broker.port)
+
+        def kill_and_restart() -> None:
+            runs[-1].process.send_signal(signal.SIGKILL)
+            runs[-1].process.wait(10)
+            time.sleep(rng.uniform(0, 0.5))
+            path = tmp_path / str(len(runs))
+            runs.append(_daemon(path, broker.port))
+
+        kills = sorted(rng.sample(range(20, 380), 3))
+        _stream(pub, 400, 80, dict.fromkeys(kills, kill_and_restart))
+        sub.wait(lambda: len(pub.acked) == 400 and sub.marks() >= set(range(400)))
+        assert sub.marks() == set(range(400))
+        _same_id_for_each_duplicate(sub.results)  # redelivered input, same record id
+        assert len(_pings(runs[-1])) >= 2
+    finally:
+        for part in (pub, sub):
+            if part:
+                part.close()
+        for daemon in runs[:-1]:
+            daemon.notify.close()
+            daemon.log.close()
+        if runs:
+            assert runs[-1].stop() == 0, runs[-1].output()
+        broker.close()
+
+
+def _workers(daemon: Daemon) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "multiprocessing"], capture_output=True, text=True)
+    pids = []
+    for pid in map(int, out.stdout.split()):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().split()
+        except OSError:
+            continue
+        parent = int(stat[3])
+        grand = Path(f"/proc/{parent}/stat").read_text().split()[3] \
+            if Path(f"/proc/{parent}/stat").exists() else "0"
+        if int(grand) == daemon.process.pid:
+            pids.append(pid)
+    return pids
+
+
+def test_workers_killed_and_hung_cost_only_their_own_chunks(mosquitto, tmp_path):
+    daemon = _daemon(tmp_path, mosquitto.port)
+    pub = Publisher(mosquitto.port)
+    sub = Collector(mosquitto.port)
+    hung: list[int] = []
+    try:
+        def kill_one() -> None:
+            victims = _workers(daemon)
+            assert victims, "no worker found"
+            os.kill(victims[0], signal.SIGKILL)
+
+        def hang_one() -> None:
+            victims = _workers(daemon)
+            assert victims, "no worker found"
+            os.kill(victims[-1], signal.SIGSTOP)
+            hung.append(victims[-1])
+
+        _stream(pub, 300, 100, {60: kill_one, 150: hang_one, 220: kill_one})
+        sub.wait(lambda: len(sub.accounted()) >= 300)
+        assert len(sub.accounted()) == 300  # every input once: a result or a dead letter
+        assert sub.marks() <= set(range(300))
+        reasons = {d["reason"] for d in sub.dead}
+        assert "timeout" in reasons and reasons <= {"timeout", "worker_died"}
+        assert len(sub.marks()) == 300 - sum(len(d["items"]) for d in sub.dead)
+        _same_id_for_each_duplicate(sub.results)
+        assert len(_pings(daemon)) >= 2
+    finally:
+        for pid in hung:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pub.close()
+        sub.close()
+        assert daemon.stop() == 0, daemon.output()
+
+
+@pytest.mark.skipif(not FAKETIME.exists() or not shutil.which("faketime"),
+                    reason="libfaketime is not installed (Debian package faketime)")
+def test_the_wall_clock_jumping_back_and_forth_disturbs_nothing(mosquitto, tmp_path):
+    offset = tmp_path / "clock"
+    offset.write_text("+0\n")
+    env = {"LD_PRELOAD": str(FAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset),
+           "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"}
+    daemon = _daemon(tmp_path, mosquitto.port, env=env)
+    pub = Publisher(mosquitto.port)
+    sub = Collector(mosquitto.port)
+    jumps = itertools.cycle(["-3600", "+86400", "-172800", "+0"])
+    try:
+        _stream(pub, 200, 50, {n: (lambda: offset.write_text(next(jumps) + "\n"))
+                               for n in (40, 80, 120, 160)})
+        sub.wait(lambda: sub.marks() >= set(range(200)))
+        assert sub.marks() == set(range(200)) and not sub.dead
+        pings = _pings(daemon)
+        assert len(pings) >= 2 and max(b - a for a, b in itertools.pairwise(pings)) < 2.0
+    finally:
+        pub.close()
+        sub.close()
+        assert daemon.stop() == 0, daemon.output()
