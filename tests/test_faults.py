@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from test_daemon import GW, Daemon
 
 pytestmark = pytest.mark.slow
+OUT = Path(__file__).parent / "bench" / "out"
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
@@ -122,6 +123,42 @@ def _pings(daemon: Daemon) -> list[float]:
     return [t for t, n in daemon.collect(3.0) if "WATCHDOG=1" in n]
 
 
+@pytest.fixture(scope="module")
+def ledger(request):
+    """Per scenario: inputs sent, faults injected, lost, duplicates; printed at
+    the end of the module and saved for the README."""
+    rows: dict[str, dict] = {}
+    yield rows
+    if not rows:
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "faults.json").write_text(json.dumps(rows, indent=2) + "\n")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(f"{'fault scenario':<28}{'sent':>6}{'faults':>8}{'lost':>6}"
+                            f"{'dead':>6}{'duplicates':>12}  ids of duplicates")
+        for name, r in rows.items():
+            reporter.write_line(f"{name:<28}{r['sent']:>6}{r['faults']:>8}{r['lost']:>6}"
+                                f"{r['dead_lettered']:>6}{r['duplicates']:>12}  "
+                                f"{'identical' if r['identical_ids'] else 'DIFFER'}")
+
+
+def _record(ledger: dict, name: str, sent: int, faults: int, sub: Collector) -> None:
+    with sub._lock:
+        results, dead = list(sub.results), list(sub.dead)
+    dead_items = {i for d in dead for i in d["items"]}
+    lost = sent - len({r["id"] for r in results} | dead_items)
+    ids: dict[float, set[str]] = {}
+    for r in results:
+        ids.setdefault(r["lat"], set()).add(r["id"])
+    ledger[name] = {"sent": sent, "faults": faults, "lost": lost,
+                    "dead_lettered": len(dead_items),
+                    "duplicates": len(results) - len(ids),
+                    "identical_ids": all(len(v) == 1 for v in ids.values())}
+    assert lost == 0
+
+
 def _same_id_for_each_duplicate(results: list[dict]) -> None:
     ids: dict[float, set[str]] = {}
     for r in results:
@@ -129,7 +166,7 @@ def _same_id_for_each_duplicate(results: list[dict]) -> None:
     assert all(len(v) == 1 for v in ids.values())
 
 
-def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(tmp_path):
+def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(tmp_path, ledger):
     broker = Broker(directory=tmp_path / "mq", persistence=True).start()
     daemon = pub = sub = None
     try:
@@ -146,6 +183,7 @@ def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(tmp_path):
         sub.wait(lambda: pub.acked <= sub.marks() and len(pub.acked) == 300)
         assert sub.marks() == set(range(300)) and not sub.dead
         _same_id_for_each_duplicate(sub.results)
+        _record(ledger, "broker restarted x3", 300, 3, sub)
         assert len(_pings(daemon)) >= 2  # still alive, still progressing
         assert daemon.process.poll() is None
     finally:
@@ -157,7 +195,7 @@ def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(tmp_path):
         broker.close()
 
 
-def test_the_daemon_killed_with_sigkill_and_restarted_loses_no_input(tmp_path):
+def test_the_daemon_killed_with_sigkill_and_restarted_loses_no_input(tmp_path, ledger):
     broker = Broker(directory=tmp_path / "mq", persistence=True).start()
     rng = random.Random(7)
     runs: list[Daemon] = []
@@ -179,6 +217,7 @@ def test_the_daemon_killed_with_sigkill_and_restarted_loses_no_input(tmp_path):
         sub.wait(lambda: len(pub.acked) == 400 and sub.marks() >= set(range(400)))
         assert sub.marks() == set(range(400))
         _same_id_for_each_duplicate(sub.results)  # redelivered input, same record id
+        _record(ledger, "daemon SIGKILLed x3", 400, 3, sub)
         assert len(_pings(runs[-1])) >= 2
     finally:
         for part in (pub, sub):
@@ -208,7 +247,7 @@ def _workers(daemon: Daemon) -> list[int]:
     return pids
 
 
-def test_workers_killed_and_hung_cost_only_their_own_chunks(mosquitto, tmp_path):
+def test_workers_killed_and_hung_cost_only_their_own_chunks(mosquitto, tmp_path, ledger):
     daemon = _daemon(tmp_path, mosquitto.port)
     pub = Publisher(mosquitto.port)
     sub = Collector(mosquitto.port)
@@ -233,6 +272,7 @@ def test_workers_killed_and_hung_cost_only_their_own_chunks(mosquitto, tmp_path)
         assert "timeout" in reasons and reasons <= {"timeout", "worker_died"}
         assert len(sub.marks()) == 300 - sum(len(d["items"]) for d in sub.dead)
         _same_id_for_each_duplicate(sub.results)
+        _record(ledger, "workers killed x2, hung x1", 300, 3, sub)
         assert len(_pings(daemon)) >= 2
     finally:
         for pid in hung:
@@ -245,7 +285,7 @@ def test_workers_killed_and_hung_cost_only_their_own_chunks(mosquitto, tmp_path)
 
 @pytest.mark.skipif(not FAKETIME.exists() or not shutil.which("faketime"),
                     reason="libfaketime is not installed (Debian package faketime)")
-def test_the_wall_clock_jumping_back_and_forth_disturbs_nothing(mosquitto, tmp_path):
+def test_the_wall_clock_jumping_back_and_forth_disturbs_nothing(mosquitto, tmp_path, ledger):
     offset = tmp_path / "clock"
     offset.write_text("+0\n")
     env = {"LD_PRELOAD": str(FAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset),
@@ -259,6 +299,7 @@ def test_the_wall_clock_jumping_back_and_forth_disturbs_nothing(mosquitto, tmp_p
                                for n in (40, 80, 120, 160)})
         sub.wait(lambda: sub.marks() >= set(range(200)))
         assert sub.marks() == set(range(200)) and not sub.dead
+        _record(ledger, "wall clock jumped x4", 200, 4, sub)
         pings = _pings(daemon)
         assert len(pings) >= 2 and max(b - a for a, b in itertools.pairwise(pings)) < 2.0
     finally:
