@@ -435,3 +435,47 @@ def test_sighup_applies_new_topics_and_zones_and_keeps_the_old_config_when_inval
         assert daemon.stop() == 0, daemon.output()
         sub.close()
     assert "reload refused" in daemon.output() and "queue_size" in daemon.output()
+
+
+@pytest.mark.slow
+def test_serial_fixes_spill_to_disk_while_the_queue_is_full_and_all_arrive_later(
+        mosquitto, tmp_path):
+    gps = Pty(tmp_path / "gps0")
+    prom = tmp_path / "m.prom"
+    sub = Subscriber(mosquitto.port)
+    daemon = Daemon(tmp_path, mosquitto.port, f"serial.ports=gps0={gps.link}@115200",
+                    "pipeline.queue_size=4", "serial.backlog=4", "pipeline.chunk_size=2",
+                    "pipeline.min_chunk_size=1",
+                    "pipeline.chunk_timeout_s=60", "pipeline.overflow=spill",
+                    f"metrics.textfile={prom}", "metrics.textfile_interval_s=1")
+    stopped: list[int] = []
+    try:
+        daemon.wait_note("READY=1")
+        deadline = time.monotonic() + 10
+        while not (prom.exists() and _worker_pids(prom)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stopped = _worker_pids(prom)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        gps.talk(range(60))
+        spill = tmp_path / "state" / "spill" / "gps0.jsonl"
+        assert spill.exists() and spill.stat().st_size > 0
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped = []
+        sub.wait_for(lambda: len([r for r in sub.records() if r["source"] == "gps0"]) >= 60,
+                     timeout=40)
+        fixes = [r for r in sub.records() if r["source"] == "gps0"]
+        rmc = [pynmea2.parse(s.decode().strip()) for s in gps.written if b"RMC" in s]
+        assert [f["lat"] for f in fixes] == pytest.approx([m.latitude for m in rmc], abs=1e-8)
+        assert [f["lon"] for f in fixes] == pytest.approx([m.longitude for m in rmc], abs=1e-8)
+        sub.wait_for(lambda: any(
+            json.loads(p).get("sources", {}).get("gps0", {}).get("spilled", 0) > 0
+            for t_, p, _ in sub.messages if t_.endswith("/status")))
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        code = daemon.stop()
+        gps.close()
+        sub.close()
+    assert code == 0, daemon.output()
