@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,17 @@ class _SerialBacklog:
         self._spill_max = spill_max_bytes
         self._spill_read = 0
         self._spill_size = 0
+        self.corrupt = 0
+        if self._spill_path is not None and self._spill_path.exists():
+            # Fixes spilled before a restart are still owed: they go first.
+            self._spill_size = self._spill_path.stat().st_size
+            with self._spill_path.open("rb+") as f:
+                if self._spill_size and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                    f.write(b"\n")  # end a line torn by a power cut; append after it
+                    self._spill_size += 1
+            if self._spill_size:
+                logger.info("%s: %d bytes of spilled fixes from before the restart", name,
+                            self._spill_size, extra={"gatewayd_source": name})
 
     def add(self, item: Item) -> None:
         if self._spill_size > self._spill_read or len(self.items) >= self.limit:
@@ -91,8 +103,10 @@ class _SerialBacklog:
     def _spill(self, item: Item) -> bool:
         if self._spill_path is None or not isinstance(item, FixItem):
             return False
-        line = json.dumps({"tpv": item.tpv, "received_at": item.origin.received_at,
-                           "sha": item.origin.input_sha256}).encode() + b"\n"
+        body = json.dumps({"tpv": item.tpv, "received_at": item.origin.received_at,
+                           "sha": item.origin.input_sha256}).encode()
+        # Each line carries its CRC: a torn or rotted line is known, not misread.
+        line = b"%08x %s\n" % (zlib.crc32(body), body)
         if self._spill_size + len(line) > self._spill_max:
             return False
         try:
@@ -120,9 +134,21 @@ class _SerialBacklog:
                 if not line:
                     break
                 self._spill_read += len(line)
-                entry = json.loads(line)
-                self.items.append(FixItem(origin_of(self.name, entry["sha"], 0,
-                                                    entry["received_at"]), entry["tpv"]))
+                try:
+                    crc, _, body = line.rstrip(b"\n").partition(b" ")
+                    if int(crc, 16) != zlib.crc32(body):
+                        raise ValueError("CRC mismatch")
+                    entry = json.loads(body)
+                    item = FixItem(origin_of(self.name, entry["sha"], 0, entry["received_at"]),
+                                   dict(entry["tpv"]))
+                except (ValueError, KeyError, TypeError):
+                    # A line torn by a power cut: only that fix is lost, and counted.
+                    self.corrupt += 1
+                    logger.warning("%s: a corrupt spilled fix skipped", self.name,
+                                   extra={"gatewayd_source": self.name,
+                                          "gatewayd_reason": "spill_corrupt"})
+                    continue
+                self.items.append(item)
                 room -= 1
         if self._spill_read >= self._spill_size:
             self._spill_path.unlink(missing_ok=True)

@@ -479,3 +479,47 @@ def test_serial_fixes_spill_to_disk_while_the_queue_is_full_and_all_arrive_later
         gps.close()
         sub.close()
     assert code == 0, daemon.output()
+
+
+def _fix_item(i: int):
+    from gatewayd.pipeline import FixItem, origin
+
+    return FixItem(origin("gps0", f"{i:064x}", 0, "t"), {"class": "TPV", "mode": 2,
+                                                         "lat": 50.0 + i, "lon": 8.0})
+
+
+def test_a_serial_spill_survives_a_restart_and_a_torn_line_costs_only_its_fix(tmp_path):
+    from gatewayd.daemon import _SerialBacklog
+    from gatewayd.pipeline import origin
+
+    backlog = _SerialBacklog("gps0", 2, "spill", tmp_path, 1 << 20)
+    for i in range(10):
+        backlog.add(_fix_item(i))
+    assert len(backlog) == 2 and backlog.spilled == 8 and backlog.dropped == 0
+    spill = tmp_path / "gps0.jsonl"
+    lines = spill.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3].replace(b'"lat": 55.0', b'"lat": 56.0')  # a rotted byte
+    lines[-1] = lines[-1][:20]  # the last line torn by a power cut
+    spill.write_bytes(b"".join(lines))
+
+    again = _SerialBacklog("gps0", 20, "spill", tmp_path, 1 << 20)  # after a restart
+    again.add(_fix_item(10))  # new fixes queue behind the spilled ones
+    got = []
+    while True:
+        again.refill(origin)
+        if not again.items:
+            break
+        while again.items:
+            got.append(again.items.popleft().tpv["lat"] - 50.0)
+    assert got == [2, 3, 4, 6, 7, 8, 10] and again.corrupt == 2
+    assert not spill.exists()  # drained: removed, never rewritten
+
+
+def test_drop_oldest_drops_the_oldest_fix_and_counts_it(tmp_path):
+    from gatewayd.daemon import _SerialBacklog
+
+    backlog = _SerialBacklog("gps0", 3, "drop_oldest", None, 0)
+    for i in range(5):
+        backlog.add(_fix_item(i))
+    assert [it.tpv["lat"] - 50.0 for it in backlog.items] == [2, 3, 4]
+    assert backlog.dropped == 2
