@@ -69,8 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="print the effective configuration and its origins")
     _common(p)
 
-    p = sub.add_parser("demo", help="replay the bundled sample capture")
+    p = sub.add_parser("demo", help="run the daemon live on a simulated vehicle, with a live view")
     _common(p)
+    p.add_argument("--duration", metavar="SECONDS", type=float,
+                   help="stop after this long (default: Ctrl-C on a terminal, else 20 s)")
+    p.add_argument("--replay", action="store_true", help="replay the bundled sample capture")
 
     sub.add_parser("version", help="print versions of gatewayd, GEOS and PROJ")
     return parser
@@ -109,6 +112,10 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not args.replay:
+        from gatewayd import demo
+
+        return demo.main(args.duration, config=args.config, overrides=args.overrides)
     from gatewayd.replay import ReplayOptions, replay
 
     overrides = [f"zones.file={SAMPLES / 'zones.geojson'}", *args.overrides]

@@ -36,6 +36,7 @@ class Publisher:
     def __init__(self, port: int) -> None:
         self.acked: set[int] = set()
         self._mids: dict[int, int] = {}
+        self._early: set[int] = set()
         self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fault-pub",
                                   clean_session=False)
@@ -44,16 +45,24 @@ class Publisher:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
+    # paho calls on_publish holding its own lock: never hold ours around a paho
+    # call, and settle a PUBACK that comes before its mid is known afterwards.
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._lock:
             if mid in self._mids:
                 self.acked.add(self._mids.pop(mid))
+            else:
+                self._early.add(mid)
 
     def send(self, n: int) -> None:
         doc = {"class": "TPV", "mode": 2, "lat": 50.0 + n * 1e-5, "lon": 8.0}
+        info = self.client.publish(f"gatewayd/{GW}/in/gps/truck", json.dumps(doc), qos=1)
         with self._lock:
-            info = self.client.publish(f"gatewayd/{GW}/in/gps/truck", json.dumps(doc), qos=1)
-            self._mids[info.mid] = n
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self.acked.add(n)
+            else:
+                self._mids[info.mid] = n
 
     def close(self) -> None:
         self.client.loop_stop()
