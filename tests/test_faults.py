@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import subprocess
+import termios
 import threading
 import time
 from pathlib import Path
@@ -313,5 +314,51 @@ def test_the_wall_clock_jumping_back_and_forth_disturbs_nothing(mosquitto, tmp_p
         assert len(pings) >= 2 and max(b - a for a, b in itertools.pairwise(pings)) < 2.0
     finally:
         pub.close()
+        sub.close()
+        assert daemon.stop() == 0, daemon.output()
+
+
+def test_a_serial_receiver_unplugged_and_replugged_loses_no_fix_it_sent(
+        mosquitto, tmp_path, ledger):
+    from test_daemon import Pty, Subscriber
+
+    link = tmp_path / "gps0"
+    gps = Pty(link)
+    sub = Subscriber(mosquitto.port)
+    daemon = _daemon(tmp_path, mosquitto.port, f"serial.ports=gps0={link}@115200",
+                     "daemon.status_interval_s=0.5")
+    written = []
+    try:
+        for round_ in range(3):
+            gps.talk(range(round_ * 1000, round_ * 1000 + 20))
+            written += gps.written
+            gps.written = []
+            time.sleep(0.5)  # the last cycle ends by going quiet
+            gps.close()  # unplugged: the device node goes away
+            link.unlink()
+            time.sleep(1.0)
+            gps = Pty(link)  # plugged in again, under the same name
+            # The daemon has it open once the line speed it sets shows on the pty
+            # (what a receiver sends before that is lost on the wire, as in life).
+            deadline = time.monotonic() + 20
+            while termios.tcgetattr(gps.slave)[4] != termios.B115200:
+                assert time.monotonic() < deadline, "the daemon did not reopen the port"
+                time.sleep(0.05)
+        fixes = lambda: [r for r in sub.records() if r["source"] == "gps0"]  # noqa: E731
+        sent = [s for s in written if b"RMC" in s]
+        sub.wait_for(lambda: len(fixes()) >= len(sent), timeout=30)
+        states = {json.loads(p)["sources"]["gps0"]["state"]
+                  for t, p, _ in sub.messages if t.endswith("/status")
+                  and "gps0" in json.loads(p).get("sources", {})}
+        assert {"open", "waiting"} <= states
+        times = sorted({f["time"] for f in fixes()})
+        assert len(times) == len(sent) == 60
+        ledger["serial unplugged x3"] = {
+            "sent": len(sent), "faults": 3, "lost": len(sent) - len(times),
+            "dead_lettered": 0, "duplicates": len(fixes()) - len(times),
+            "identical_ids": len({f["id"] for f in fixes()}) == len(times)}
+        assert len(_pings(daemon)) >= 2
+    finally:
+        gps.close()
         sub.close()
         assert daemon.stop() == 0, daemon.output()
