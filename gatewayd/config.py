@@ -182,6 +182,15 @@ class ThermalSection:
     hold_s: float = _opt(_in(0, 3600), default=30.0)  # between two steps
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxSection:
+    # Results the broker has not acknowledged within publish_timeout_s go to a
+    # spool in gateway.state_dir/outbox, and out again in order on reconnect.
+    max_mb: int = _opt(_in(1, 1 << 20), default=64)
+    publish_timeout_s: float = _opt(_in(0.1, 3600), default=10.0)
+    fsync_interval_s: float = _opt(_in(0.001, 60), default=0.2)
+
+
 def _prom_path(value: str | None) -> str | None:
     if value is None:
         return None
@@ -239,6 +248,7 @@ _SECTIONS: dict[str, type] = {
     "daemon": DaemonSection,
     "thermal": ThermalSection,
     "metrics": MetricsSection,
+    "outbox": OutboxSection,
     "log": LogSection,
 }
 
@@ -255,6 +265,7 @@ class Config:
     daemon: DaemonSection
     thermal: ThermalSection
     metrics: MetricsSection
+    outbox: OutboxSection
     log: LogSection
     provenance: Mapping[str, str]
 

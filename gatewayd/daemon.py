@@ -177,7 +177,7 @@ class Daemon:
         self._wakeup = asyncio.Event()
         self._ports: dict[str, Any] = {}
         self._port_tasks: dict[str, asyncio.Task[None]] = {}
-        self._publishes: set[asyncio.Task[None]] = set()
+        self._publishes: set[asyncio.Future[Any]] = set()  # publishing or spooling
         self._counts: collections.Counter[str] = collections.Counter()
         self._mqtt: Any = None
         self._pipeline: Pipeline | None = None
@@ -192,6 +192,7 @@ class Daemon:
         self._intake_closed = False
         self._zones = contextlib.ExitStack()
         self._mqtt_up = asyncio.Event()  # clear while the client is being replaced
+        self._outbox: Any = None
         self._lags: collections.deque[float] = collections.deque(maxlen=1200)
         self._metrics: Any = None
         self._rates = (time.monotonic(), 0, 0)  # when, inputs, records
@@ -242,7 +243,9 @@ class Daemon:
                             self._write_points)
         self._pipeline = pipeline
         runner = asyncio.create_task(pipeline.run(), name="pipeline")
+        await self._open_outbox(config)
         await self._connect(config)
+        drain = asyncio.create_task(self._drain_outbox(), name="outbox-replay")
         try:
             intake = asyncio.create_task(self._intake(), name="intake")
             self._start_ports(config)
@@ -275,8 +278,54 @@ class Daemon:
             await asyncio.gather(probe, exporter, return_exceptions=True)
             await self._shutdown(runner, intake, ticker)
         finally:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
             await self._mqtt.close()
+            if self._outbox is not None:
+                await self._outbox.close()
         return 0
+
+    async def _open_outbox(self, config: Config) -> None:
+        from gatewayd.outbox import Outbox, OutboxSettings
+
+        directory = Path(config.gateway.state_dir) / "outbox"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._outbox = Outbox(OutboxSettings(
+                directory, max_bytes=config.outbox.max_mb << 20,
+                fsync_interval_s=config.outbox.fsync_interval_s))
+            found = await self._outbox.open()
+        except (OSError, GatewayError) as exc:
+            logger.error("no outbox in %s (%s): results the broker does not take stay "
+                         "with their inputs at the broker", directory, exc)
+            self._outbox = None
+            return
+        if found.pending:
+            logger.info("outbox: %d results from before the restart to send", found.pending)
+
+    async def _drain_outbox(self) -> None:
+        """Sends spooled results in order whenever the broker is there."""
+        if self._outbox is None:
+            return
+        timeout = self.config.outbox.publish_timeout_s
+        while True:
+            await self._mqtt_up.wait()
+            await self._mqtt.wait_ready()
+            batch = await self._outbox.take(64) if len(self._outbox) else []
+            if not batch:
+                await asyncio.sleep(0.2)
+                continue
+            results = await asyncio.gather(
+                *(asyncio.wait_for(self._publish(e.topic, e.payload, e.qos, e.retain), timeout)
+                  for e in batch), return_exceptions=True)
+            for entry, result in zip(batch, results):
+                if isinstance(result, BaseException):
+                    break  # the link went again: the rest stays spooled, in order
+                self._outbox.done(entry)
+                self._counts["unspooled"] += 1
+            else:
+                continue
+            await asyncio.sleep(1.0)
 
     async def _connect(self, config: Config) -> None:
         from gatewayd.mqtt import MqttClient
@@ -581,20 +630,32 @@ class Daemon:
             self._metrics.message_out(source, _OUT_KIND.get(kind, kind))
         self._counts["records"] += 1
         self._progress += 1
-        self._send(topic, records.dumps(record).encode(), tokens)
+        self._send(topic, records.dumps(record).encode(), tokens, record["id"])
 
     async def _write_points(self, record: dict[str, Any], frame: Any) -> None:
         from gatewayd.pcd import encode_pcd
 
         topic = f"{self.config.topic_prefix}/out/lidar/{record['source']}/pcd"
-        await self._publish(topic, encode_pcd(frame), 1, False)
+        self._send(topic, encode_pcd(frame), (), f"{record['id']}/pcd")
 
     async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         await self._mqtt_up.wait()  # while the client is replaced on reload
         await self._mqtt.publish(topic, payload, qos, retain)
 
-    def _send(self, topic: str, payload: bytes, tokens: tuple[object, ...]) -> None:
-        task = asyncio.create_task(self._publish(topic, payload, 1, False))
+    def _send(self, topic: str, payload: bytes, tokens: tuple[object, ...],
+              record_id: str) -> None:
+        """Publishes a result; one the broker does not take in time goes to the
+        outbox. Its inputs are acknowledged once it is published or spooled."""
+        from gatewayd.outbox import Entry
+
+        entry = Entry(topic, payload, record_id)
+        outbox = self._outbox
+        if outbox is not None and (len(outbox) or not self._mqtt.connected):
+            self._spool(entry, tokens)  # behind what is spooled already: order holds
+            return
+        timeout = self.config.outbox.publish_timeout_s
+        task = asyncio.create_task(asyncio.wait_for(self._publish(topic, payload, 1, False),
+                                                    timeout))
         self._publishes.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -602,12 +663,36 @@ class Daemon:
             if t.cancelled():
                 return
             if t.exception() is not None:
+                if self._outbox is not None and not self._intake_closed:
+                    self._spool(entry, tokens)
+                    return
                 self._counts["publish_failed"] += 1
                 logger.warning("result not published: %s", t.exception())
                 return  # its inputs stay unacknowledged: the broker sends them again
             self._release(tokens)
 
         task.add_done_callback(done)
+
+    def _spool(self, entry: Any, tokens: tuple[object, ...]) -> None:
+        future = self._outbox.put(entry)
+        self._publishes.add(future)
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._publishes.discard(f)
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                self._counts["spool_failed"] += 1
+                failed = self._counts["spool_failed"]
+                if failed in (1, 10) or failed % 100 == 0:  # a full disk fails every one
+                    logger.error("result neither published nor spooled (%d so far): %s",
+                                 failed, f.exception(),
+                                 extra={"gatewayd_reason": "spool_failed"})
+                return  # its inputs stay unacknowledged: the broker sends them again
+            self._counts["spooled"] += 1
+            self._release(tokens)
+
+        future.add_done_callback(done)
 
     # ---- the tick: watchdog, status, thermal, idle GPS cycles ----
 
@@ -830,9 +915,18 @@ class Daemon:
                         "timeouts": pool_stats.timeouts} if pool_stats else None,
             "dead_letters": dict(pipeline.stats.dead_letters) if pipeline else {},
             "rates": {"in_per_s": round(self._rate_in, 1), "out_per_s": round(self._rate_out, 1)},
+            "outbox": self._outbox_status(),
             "loop_lag_ms": self.loop_lag_ms(),
             "counts": dict(self._counts),
         }
+
+    def _outbox_status(self) -> dict[str, int] | None:
+        if self._outbox is None:
+            return None
+        o = self._outbox.stats()
+        return {"pending": o.pending, "evicted": o.evicted, "failed": o.failed,
+                "corrupt_skipped": o.corrupt_skipped, "torn_tails": o.torn_tails,
+                "bytes": o.bytes}
 
     def _status_payload(self) -> bytes:
         return json.dumps(self.status()).encode()

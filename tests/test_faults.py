@@ -362,3 +362,78 @@ def test_a_serial_receiver_unplugged_and_replugged_loses_no_fix_it_sent(
         gps.close()
         sub.close()
         assert daemon.stop() == 0, daemon.output()
+
+
+def test_results_made_while_the_broker_is_away_are_spooled_and_sent_after(tmp_path, ledger):
+    from test_daemon import Pty
+
+    broker = Broker(directory=tmp_path / "mq").start()  # no persistence: nothing kept there
+    link = tmp_path / "gps0"
+    gps = Pty(link)
+    outbox = tmp_path / "state" / "outbox"
+    outbox.mkdir(parents=True)
+    (outbox / "000000000007.seg").write_bytes(b"\x8aOBX" + bytes(range(256)) * 3)  # corrupt
+    daemon = _daemon(tmp_path, broker.port, f"serial.ports=gps0={link}@115200",
+                     "outbox.publish_timeout_s=0.5")
+    sub = None
+    try:
+        broker.stop()
+        gps.talk(range(40))
+        time.sleep(1.5)  # the last cycle ends, its publish times out: all spooled
+        status = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert daemon.process.poll() is None
+        broker.start()
+        sub = Collector(broker.port)
+        sub.wait(lambda: len({r["time"] for r in sub.results}) >= 40)
+        times = [r["time"] for r in sub.results]
+        assert len(set(times)) == 40 and times == sorted(times)  # in order
+        final = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert status["outbox"]["pending"] >= 1  # they waited on disk
+        damaged = final["outbox"]["corrupt_skipped"] + final["outbox"]["torn_tails"]
+        assert damaged >= 1  # the corrupt segment found at start was counted, not fatal
+        ledger["broker away, results spooled"] = {
+            "sent": 40, "faults": 1, "lost": 40 - len(set(times)), "dead_lettered": 0,
+            "duplicates": len(times) - len(set(times)),
+            "identical_ids": len({r["id"] for r in sub.results}) == len(set(times))}
+    finally:
+        gps.close()
+        if sub:
+            sub.close()
+        assert daemon.stop() == 0, daemon.output()
+        broker.close()
+
+
+def test_a_full_spool_disk_loses_no_acknowledged_input(tmp_path, ledger):
+    state = tmp_path / "state"
+    state.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(state)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    broker = Broker(directory=tmp_path / "mq", persistence=True).start()
+    daemon = pub = sub = None
+    try:
+        sub = Collector(broker.port)
+        daemon = _daemon(tmp_path, broker.port, "outbox.publish_timeout_s=0.3")
+        pub = Publisher(broker.port)
+
+        def bounce() -> None:
+            broker.stop()
+            time.sleep(1.5)  # results in flight time out; the spool fills its disk
+            broker.start()
+
+        _stream(pub, 300, 100, {100: bounce, 200: bounce})
+        sub.wait(lambda: sub.marks() >= set(range(300)) and len(pub.acked) == 300)
+        assert sub.marks() == set(range(300)) and not sub.dead
+        _same_id_for_each_duplicate(sub.results)
+        _record(ledger, "spool disk full, broker away x2", 300, 2, sub)
+        assert daemon.process.poll() is None and len(_pings(daemon)) >= 2
+    finally:
+        for part in (pub, sub):
+            if part:
+                part.close()
+        if daemon:
+            code = daemon.stop()
+        broker.close()
+        subprocess.run(["umount", "-l", str(state)], capture_output=True)
+    assert code == 0
