@@ -193,6 +193,7 @@ class Daemon:
         self._zones = contextlib.ExitStack()
         self._mqtt_up = asyncio.Event()  # clear while the client is being replaced
         self._outbox: Any = None
+        self._timed_out: set[asyncio.Future[Any]] = set()  # publishes past their time
         self._lags: collections.deque[float] = collections.deque(maxlen=1200)
         self._metrics: Any = None
         self._rates = (time.monotonic(), 0, 0)  # when, inputs, records
@@ -653,13 +654,20 @@ class Daemon:
         if outbox is not None and (len(outbox) or not self._mqtt.connected):
             self._spool(entry, tokens)  # behind what is spooled already: order holds
             return
-        timeout = self.config.outbox.publish_timeout_s
-        task = asyncio.create_task(asyncio.wait_for(self._publish(topic, payload, 1, False),
-                                                    timeout))
+        task = asyncio.create_task(self._publish(topic, payload, 1, False))
         self._publishes.add(task)
+        # A timer, not wait_for: one task a record is what ingest can afford.
+        overdue = asyncio.get_running_loop().call_later(
+            self.config.outbox.publish_timeout_s, self._overdue, task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._publishes.discard(t)
+            overdue.cancel()
+            if t.cancelled() and t in self._timed_out:
+                self._timed_out.discard(t)
+                if self._outbox is not None and not self._intake_closed:
+                    self._spool(entry, tokens)
+                return
             if t.cancelled():
                 return
             if t.exception() is not None:
@@ -672,6 +680,11 @@ class Daemon:
             self._release(tokens)
 
         task.add_done_callback(done)
+
+    def _overdue(self, task: asyncio.Task[None]) -> None:
+        if not task.done():
+            self._timed_out.add(task)
+            task.cancel()
 
     def _spool(self, entry: Any, tokens: tuple[object, ...]) -> None:
         future = self._outbox.put(entry)
