@@ -144,7 +144,7 @@ class MqttSettings:
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 1000  # MQTT 5: unacked messages the broker may send us
     max_inflight: int = 20  # our QoS 1 publishes awaiting PUBACK at once
-    max_queued: int = 10_000  # our QoS 1 publishes held in all, sent or not; 0: no bound
+    max_queued: int = 10_000  # our QoS 1 publishes held in all, sent or not
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     will: Will | None = None
@@ -164,8 +164,10 @@ class MqttSettings:
             raise bad("client_id", "a persistent session needs a stable client id")
         if not 1 <= self.receive_maximum <= 65535:
             raise bad("receive_maximum", "must be within 1..65535")
-        if self.max_inflight < 0 or self.max_queued < 0:
-            raise bad("max_inflight", "limits cannot be negative")
+        if self.max_inflight < 0:
+            raise bad("max_inflight", "cannot be negative")
+        if not 1 <= self.max_queued <= 65535:  # each needs a packet id of its own
+            raise bad("max_queued", "must be within 1..65535")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise bad("reconnect_min_s", "needs 0 < reconnect_min_s <= reconnect_max_s")
         if self.password_file is not None and self.username is None:
@@ -402,12 +404,10 @@ class MqttClient:
         client.max_inflight_messages_set(s.max_inflight)
         client.max_queued_messages_set(s.max_queued)
         client.connect_timeout = s.connect_timeout_s
-        properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = s.session_expiry_s
             properties.ReceiveMaximum = s.receive_maximum
-        if v5:
             client.connect_async(s.host, s.port, s.keepalive, clean_start=False,
                                  properties=properties)
         else:
@@ -794,7 +794,8 @@ class MqttClient:
         rc = info.rc
         if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             future.set_exception(MqttError(
-                f"the MQTT outgoing queue is full ({self.settings.max_queued} messages)"))
+                f"the MQTT outgoing queue is full ({len(self._pending)} publishes outstanding, "
+                f"max_queued {self.settings.max_queued})"))
         elif rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
             future.set_exception(MqttError("not connected: a QoS 0 message is not queued"))
         elif rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -92,15 +93,23 @@ async def _receive(client_type: type[MqttClient], s: MqttSettings, qos: int,
     return seconds
 
 
+async def _publish_all(s: MqttSettings, qos: int, count: int) -> None:
+    async with MqttClient(s, lambda m: None) as client:
+        await client.wait_ready()
+        for start in range(0, count, 10_000):  # MQTT has 65535 packet ids
+            await asyncio.gather(*(client.publish(f"{TOPIC}/x", b"telemetry-%08d" % i, qos)
+                                   for i in range(start, min(count, start + 10_000))))
+
+
 def _preload(broker: Broker, client_id: str, protocol: str, qos: int, count: int) -> None:
     """Makes the session, then leaves ``count`` messages waiting in it."""
     run(_receive(MqttClient, _settings(broker, client_id, protocol), qos, 0))
-    lines = b"".join(b"telemetry-%08d\n" % i for i in range(count))
-    version = ["-V", "mqttv5"] if protocol == "5" else []
-    subprocess.run(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-t",
-                    f"{TOPIC}/x", "-q", str(qos), "-l", "-M", "1000", *version],
-                   input=lines, check=True)
-    time.sleep(0.2)  # let the broker route the tail of a QoS 0 stream
+    # Our own publisher, as it waits for every PUBACK (mosquitto_pub -l may
+    # leave before its queue is out).
+    publisher = dataclasses.replace(_settings(broker, f"{client_id}-pub", protocol),
+                                    max_inflight=1000, max_queued=20_000)
+    run(_publish_all(publisher, qos, count))
+    time.sleep(0.2)
 
 
 def _ours(broker: Broker, protocol: str, qos: int, count: int,
