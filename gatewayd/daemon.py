@@ -654,13 +654,19 @@ class Daemon:
         if outbox is not None and (len(outbox) or not self._mqtt.connected):
             self._spool(entry, tokens)  # behind what is spooled already: order holds
             return
-        task = asyncio.create_task(self._publish(topic, payload, 1, False))
+        if self._mqtt_up.is_set():
+            try:
+                task = self._mqtt.publish_nowait(topic, payload, 1, False)
+            except GatewayError:
+                task = asyncio.ensure_future(self._publish(topic, payload, 1, False))
+        else:
+            task = asyncio.ensure_future(self._publish(topic, payload, 1, False))
         self._publishes.add(task)
         # A timer, not wait_for: one task a record is what ingest can afford.
         overdue = asyncio.get_running_loop().call_later(
             self.config.outbox.publish_timeout_s, self._overdue, task)
 
-        def done(t: asyncio.Task[None]) -> None:
+        def done(t: asyncio.Future[None]) -> None:
             self._publishes.discard(t)
             overdue.cancel()
             if t.cancelled() and t in self._timed_out:
@@ -681,7 +687,7 @@ class Daemon:
 
         task.add_done_callback(done)
 
-    def _overdue(self, task: asyncio.Task[None]) -> None:
+    def _overdue(self, task: asyncio.Future[None]) -> None:
         if not task.done():
             self._timed_out.add(task)
             task.cancel()

@@ -778,6 +778,13 @@ class MqttClient:
         """Returns once the broker acknowledged the message (QoS 1) or it was
         written (QoS 0). While the link is down a QoS 1 message waits in paho's
         queue and is sent after the reconnect; a QoS 0 one fails with MqttError."""
+        await self.publish_nowait(topic, payload, qos, retain)
+
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1,
+                       retain: bool = False) -> asyncio.Future[None]:
+        """``publish`` without a coroutine: the future resolves as it would
+        return. Cancelling the future only stops waiting: a message paho has
+        taken is still sent. Raises MqttError when the client is not running."""
         if not self._entered or self._loop is None:
             raise MqttError("the MQTT client is not running")
         future: asyncio.Future[None] = self._loop.create_future()
@@ -785,7 +792,7 @@ class MqttClient:
             self._held.append((topic, payload, qos, retain, future))
         else:
             self._submit(topic, payload, qos, retain, future)
-        await future
+        return future
 
     def _submit(self, topic: str, payload: bytes, qos: int, retain: bool,
                 future: asyncio.Future[None]) -> None:
