@@ -20,7 +20,9 @@ Flow control, as mosquitto.conf(5) of Mosquitto 2.0 describes it:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -54,6 +56,12 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # A broker must not outlive a test run or benchmark that was killed.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def have_openssl() -> bool:
@@ -158,7 +166,8 @@ class Broker:
         log = self._log.open("ab")
         try:
             self._process = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                             preexec_fn=_die_with_parent)
         finally:
             log.close()
         ports = [p for p in (self.port, self.tls_port) if p is not None]
