@@ -12,7 +12,7 @@ APT_PACKAGES := gcc pkg-config libgeos-dev libproj-dev proj-data mosquitto mosqu
                 python3-dev python3-venv systemd
 NATIVE_SOURCES := setup.py native/build_native.py $(wildcard native/cdef/*.h native/src/*.c native/src/*.h)
 
-.PHONY: demo test bench lint setup sysdeps clean
+.PHONY: demo test bench fuzz lint setup sysdeps clean
 
 demo: setup
 	$(PY) -m gatewayd demo
@@ -22,6 +22,12 @@ test: setup
 
 bench: setup
 	$(PY) tests/bench/run_all.py
+
+# Coverage-guided fuzzing of every decoder, FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 60
+
+fuzz: setup
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 lint: setup
 	$(PIP) install '.[dev]' >/dev/null
