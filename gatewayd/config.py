@@ -329,7 +329,10 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind_text.startswith("float"):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        try:
+            value = float(value) if ok else value
+        except OverflowError:
+            ok = False
     else:
         ok = isinstance(value, str)
     if not ok:
@@ -365,6 +368,9 @@ def load_config(path: str | None, overrides: Sequence[str],
             raise ConfigError(f"cannot read {path}: {exc.strerror}", key="--config") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}", key="--config") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                              key="--config") from None
         for section, table in document.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"{section}: expected a [{section}] table", key=section)
@@ -426,6 +432,9 @@ def _check_mqtt_security(mqtt: MqttSection) -> None:
     except OSError as exc:
         raise ConfigError(f"mqtt.password_file: cannot read {mqtt.password_file}: "
                           f"{exc.strerror}", key="mqtt.password_file") from None
+    except ValueError:  # a NUL in the path
+        raise ConfigError("mqtt.password_file: not a usable path",
+                          key="mqtt.password_file") from None
     if mode & 0o007:
         raise ConfigError(f"mqtt.password_file: {mqtt.password_file} is readable by every "
                           "user; chmod o-rwx it", key="mqtt.password_file")

@@ -81,7 +81,11 @@ def _ring(raw: Any, budget: list[int]) -> np.ndarray:
         if isinstance(lon, bool) or isinstance(lat, bool) or \
                 not isinstance(lon, int | float) or not isinstance(lat, int | float):
             raise _Refused(f"position {k} has a non-numeric coordinate")
-        if not (math.isfinite(lon) and math.isfinite(lat)):
+        try:
+            finite = math.isfinite(lon) and math.isfinite(lat)
+        except OverflowError:  # an integer of hundreds of digits
+            finite = False
+        if not finite:
             raise _Refused(f"position {k} is not finite")
         if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
             raise _Refused(f"position {k} ({lon}, {lat}) is outside longitude/latitude range")

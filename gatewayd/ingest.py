@@ -110,7 +110,11 @@ _MODES = {0: 1, 1: 1, 2: 2, 3: 3}
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
 
 
 def gps_json_tpv(data: bytes) -> dict[str, Any]:
@@ -121,12 +125,14 @@ def gps_json_tpv(data: bytes) -> dict[str, Any]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"GPS JSON does not parse: {exc}") from None
+    except RecursionError:
+        raise DecodeError("GPS JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise DecodeError("GPS JSON must be an object")
     tpv: dict[str, Any] = {"class": "TPV"}
     if doc.get("class") == "TPV":
         mode = doc.get("mode")
-        tpv["mode"] = mode if mode in (1, 2, 3) else 1
+        tpv["mode"] = mode if type(mode) is int and mode in (1, 2, 3) else 1
         if isinstance(doc.get("time"), str):
             tpv["time"] = doc["time"]
         for name in ("lat", "lon", "altMSL", "altHAE", "alt", "speed", "track", "climb",
@@ -141,7 +147,10 @@ def gps_json_tpv(data: bytes) -> dict[str, Any]:
         tpv.update({"mode": 2, "lat": lat, "lon": lon})
         tst = _number(doc.get("tst"))
         if tst is not None:
-            when = datetime.fromtimestamp(tst, UTC)
+            try:
+                when = datetime.fromtimestamp(tst, UTC)
+            except (OverflowError, ValueError, OSError):
+                raise DecodeError(f"OwnTracks tst {tst:g} is not a time") from None
             tpv["time"] = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         alt = _number(doc.get("alt"))
         if alt is not None:
