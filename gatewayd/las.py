@@ -71,7 +71,9 @@ def _crs(records: dict[int, bytes]) -> str | None:
     if keys and len(keys) >= 8:
         values = np.frombuffer(keys[: len(keys) // 2 * 2], dtype="<u2")
         n = int(values[3])
-        entries = values[4:4 + 4 * n].reshape(-1, 4)
+        entries = values[4:4 + 4 * n]
+        # A key directory cut short keeps its whole entries only.
+        entries = entries[: len(entries) // 4 * 4].reshape(-1, 4)
         by_key = {int(k): (int(loc), int(v)) for k, loc, _, v in entries}
         for key in (_PROJECTED_KEY, _GEOGRAPHIC_KEY):
             location, value = by_key.get(key, (1, 0))
@@ -118,12 +120,21 @@ def decode_las(data: bytes, *, max_points: int) -> PointFrame:
     layout = np.dtype(base.descr + ([("extra_bytes", f"V{extra}")] if extra else []))
     points = np.frombuffer(data, dtype=layout, count=count, offset=point_offset)
     xyz = np.empty((count, 3), dtype=np.float64)
-    for axis, name in enumerate("XYZ"):
-        xyz[:, axis] = points[name] * scales[axis] + offsets[axis]
+    # A scale or offset that overflows makes inf or NaN: such points are
+    # dropped and counted as non-finite, not warned about.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for axis, name in enumerate("XYZ"):
+            xyz[:, axis] = points[name] * scales[axis] + offsets[axis]
     columns = {name: np.array(points[name]) for name in layout.names or ()
                if name not in ("X", "Y", "Z") and not name.startswith("_")}
     returns = points["_returns"]
     if point_format < 6:
+        # The legacy classification byte carries three flags above its class.
+        legacy = columns["classification"]
+        columns["classification"] = legacy & 0x1F
+        columns["synthetic"] = (legacy >> 5) & 0x01
+        columns["key_point"] = (legacy >> 6) & 0x01
+        columns["withheld"] = (legacy >> 7) & 0x01
         columns["return_number"] = returns & 0x07
         columns["number_of_returns"] = (returns >> 3) & 0x07
         columns["scan_direction_flag"] = (returns >> 6) & 0x01

@@ -69,6 +69,8 @@ def decode_pcd(data: bytes, *, max_points: int) -> PointFrame:
         raise InputTooLarge(f"PCD frame of {points} points is over the limit of {max_points}")
     if any(c < 1 or c > 1024 for c in counts):
         raise DecodeError("PCD header: a COUNT is out of range")
+    if any(counts[lower.index(axis)] != 1 for axis in ("x", "y", "z")):
+        raise DecodeError("PCD header: x, y and z must each have COUNT 1")
     try:
         dtypes = [np.dtype(_PCD_TYPES[(t, s)]) for t, s in zip(types, sizes)]
     except KeyError:
@@ -95,18 +97,30 @@ def decode_pcd(data: bytes, *, max_points: int) -> PointFrame:
 def _ascii(body: bytes, layout: np.dtype, points: int, dtypes: list[np.dtype],
            counts: list[int]) -> np.ndarray:
     values_per_point = sum(counts)
-    try:
-        flat = np.array(body.split(), dtype=np.float64)
-    except ValueError:
-        raise DecodeError("PCD ascii data holds a value that is not a number") from None
-    if flat.size < points * values_per_point:
+    tokens = body.split()
+    if len(tokens) < points * values_per_point:
         raise DecodeError("PCD ascii data truncated")
-    table = flat[: points * values_per_point].reshape(points, values_per_point)
+    table = np.array(tokens[: points * values_per_point] or [b"0"]
+                     )[: points * values_per_point].reshape(points, values_per_point)
     out = np.empty(points, dtype=layout)
     col = 0
-    for i, c in enumerate(counts):
+    for i, (dt, c) in enumerate(zip(dtypes, counts)):
         part = table[:, col:col + c]
-        out[f"f{i}"] = part[:, 0] if c == 1 else part
+        # Integers are read as integers: a 64-bit timestamp keeps every bit,
+        # and a value outside its field's type is refused, not wrapped.
+        wide = np.dtype(np.float64 if dt.kind == "f" else
+                        np.int64 if dt.kind == "i" else np.uint64)
+        try:
+            values = part.astype(wide)
+        except (ValueError, OverflowError):
+            raise DecodeError(f"PCD ascii field {i} holds a value that is not a "
+                              f"{dt.name}") from None
+        if dt.kind in "iu":
+            info = np.iinfo(dt)
+            if values.size and (values.min() < info.min or values.max() > info.max):
+                raise DecodeError(f"PCD ascii field {i} holds a value outside {dt.name}")
+        with np.errstate(over="ignore"):  # float32 overflow is inf, then refused as such
+            out[f"f{i}"] = values[:, 0] if c == 1 else values
         col += c
     return out
 
@@ -117,6 +131,11 @@ def _compressed(body: bytes, layout: np.dtype, points: int, dtypes: list[np.dtyp
         raise DecodeError("PCD binary_compressed data truncated")
     packed, unpacked = np.frombuffer(body[:8], dtype="<u4")
     need = points * layout.itemsize
+    # LZF expands at most about 88-fold (a 3-byte reference repeats 264
+    # bytes): a larger claim is refused before anything is allocated.
+    if need > 88 * int(packed) + 64:
+        raise DecodeError(f"PCD binary_compressed: {unpacked} bytes cannot come from "
+                          f"{packed} compressed ones")
     if unpacked != need:
         raise DecodeError(f"PCD binary_compressed: {unpacked} bytes declared, {need} expected")
     if len(body) - 8 < packed:
