@@ -6,6 +6,11 @@ current chunk size (live-adjustable, the thermal controller drives it), runs
 each chunk on a worker and turns the results into records, emitted in the
 order the items were put. A chunk that fails (timeout, a dead worker, memory)
 becomes a dead letter naming its items; nothing is dropped silently.
+
+Fixes come one per item (``FixItem``) or a decoded block at a time
+(``FixBatch``, weighing its number of fixes). A chunk of fixes that has no
+work for a worker (lon/lat out, and no zone index in the workers) is made
+into records here: a worker round trip would cost more than the work.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,7 +30,9 @@ import numpy as np
 from gatewayd import geometry, records
 from gatewayd.channel import Channel, ChannelClosed
 from gatewayd.errors import GatewayError
+from gatewayd.nmea import Fixes
 from gatewayd.processing import (
+    LONLAT,
     BlockResult,
     BlockTask,
     FixResult,
@@ -38,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DeadItem",
+    "FixBatch",
     "FixItem",
     "FrameItem",
     "Pipeline",
@@ -66,6 +75,33 @@ class FixItem:
 
 
 @dataclass(frozen=True, slots=True)
+class FixBatch:
+    """A block's fixes, in columns. Fix k is item ``origin.index + k`` of its
+    input; the origin's tokens ride on the last fix's record."""
+
+    origin: _Origin
+    fixes: Fixes
+
+    def __len__(self) -> int:
+        return len(self.fixes)
+
+    def split(self, size: int) -> list[FixBatch]:
+        """Pieces of at most ``size`` fixes; the tokens go with the last."""
+        o, n = self.origin, len(self.fixes)
+        return [
+            FixBatch(_Origin(o.source, o.input_sha256, o.index + start, o.received_at,
+                             o.tokens if start + size >= n else ()),
+                     self.fixes[start:start + size])
+            for start in range(0, n, size)
+        ]
+
+    def item_ids(self) -> list[str]:
+        o = self.origin
+        return records.record_ids(o.source, o.input_sha256,
+                                  range(o.index, o.index + len(self.fixes)))
+
+
+@dataclass(frozen=True, slots=True)
 class PolygonItem:
     origin: _Origin
     feature_id: str | None
@@ -91,7 +127,7 @@ class DeadItem:
     items: tuple[int | str, ...]
 
 
-Item = FixItem | PolygonItem | FrameItem | DeadItem
+Item = FixItem | FixBatch | PolygonItem | FrameItem | DeadItem
 
 
 def origin(source: str, input_sha256: str, index: int, received_at: str,
@@ -119,6 +155,8 @@ class PipelineSettings:
     linger_s: float = 0.02  # how long a partial chunk waits for company
     in_flight: int = 4  # chunks dispatched at once (twice the workers)
     points_dir: str | None = None
+    # Whether workers hold a zone index: then fixes need a worker even in lon/lat.
+    zone_lookup: bool = True
 
 
 @dataclass(slots=True)
@@ -172,10 +210,20 @@ class Pipeline:
     def weight(self, item: Item) -> int:
         if isinstance(item, FrameItem):
             return max(1, -(-len(item.frame) // self.settings.block_points))
+        if isinstance(item, FixBatch):
+            return max(1, len(item))
         return 1
 
     async def put(self, item: Item) -> None:
-        """Queues an item; waits while the queue is full (backpressure)."""
+        """Queues an item; waits while the queue is full (backpressure). A
+        batch of fixes over the chunk size goes in as several."""
+        if isinstance(item, FixBatch):
+            if not len(item):
+                return
+            if len(item) > max(1, self.chunk_size):
+                for piece in item.split(max(1, self.chunk_size)):
+                    await self.queue.send((next(self._seq), piece), self.weight(piece))
+                return
         await self.queue.send((next(self._seq), item), self.weight(item))
 
     def close(self) -> None:
@@ -186,6 +234,7 @@ class Pipeline:
     async def run(self) -> None:
         """Runs until the queue is closed and every chunk's records are out."""
         batch: list[tuple[int, Item]] = []
+        filled = 0  # the batch's fixes or polygons
         while True:
             try:
                 if batch and not len(self.queue):
@@ -194,21 +243,24 @@ class Pipeline:
                     entry = await self.queue.receive()
             except TimeoutError:
                 await self._dispatch(batch)
-                batch = []
+                batch, filled = [], 0
                 continue
             except ChannelClosed:
                 break
             item = entry[1]
-            if batch and type(batch[0][1]) is not type(item):
+            size = len(item) if isinstance(item, FixBatch) else 1
+            if batch and (type(batch[0][1]) is not type(item) or
+                          filled + size > max(1, self.chunk_size)):
                 await self._dispatch(batch)
-                batch = []
+                batch, filled = [], 0
             if isinstance(item, FrameItem | DeadItem):
                 await self._dispatch([entry])
                 continue
             batch.append(entry)
-            if len(batch) >= max(1, self.chunk_size):
+            filled += size
+            if filled >= max(1, self.chunk_size):
                 await self._dispatch(batch)
-                batch = []
+                batch, filled = [], 0
         if batch:
             await self._dispatch(batch)
         while self._tasks:
@@ -224,7 +276,9 @@ class Pipeline:
         try:
             first = batch[0][1]
             try:
-                if isinstance(first, FixItem):
+                if isinstance(first, FixBatch):
+                    out = await self._fix_batches(batch)
+                elif isinstance(first, FixItem):
                     out = await self._fixes(batch)
                 elif isinstance(first, PolygonItem):
                     out = await self._polygons(batch)
@@ -271,8 +325,9 @@ class Pipeline:
             by_input.setdefault((item.origin.source, item.origin.input_sha256), []).append(item)
         out = []
         for group in by_input.values():
-            ids = [records.record_id(i.origin.source, i.origin.input_sha256, i.origin.index)
-                   for i in group]
+            ids = [record_id for i in group for record_id in (
+                i.item_ids() if isinstance(i, FixBatch) else
+                [records.record_id(i.origin.source, i.origin.input_sha256, i.origin.index)])]
             source = group[0].origin.source
             # One journal entry per failed chunk and input, findable by reason.
             logger.warning("%s: %d items dead-lettered (%s): %s", source, len(ids), reason,
@@ -289,20 +344,41 @@ class Pipeline:
         items = [item for _, item in batch if isinstance(item, FixItem)]
         lonlat = np.array([[i.tpv.get("lon", np.nan), i.tpv.get("lat", np.nan)] for i in items],
                           dtype=np.float64).reshape(-1, 2)
-        result = await self._runner.run(self._chunk_id(), FixTask(lonlat, self.settings.crs_to))
-        assert isinstance(result, FixResult)
-        out = []
-        for item, (x, y), zones in zip(items, result.xy, result.zones):
-            rec = self._base("gps_fix", item.origin, "crs_from_lonlat")
-            rec.update({k: v for k, v in item.tpv.items() if k != "class"})
-            if np.isfinite(x) and np.isfinite(y):
-                rec.update({"x": float(x), "y": float(y)})
-            rec.update({"crs": self.settings.crs_to, "zones": list(zones)})
-            out.append((rec, item.origin.tokens))
+        xy, zones = await self._place(lonlat)
+        fix_records = _FixRecords(self.settings.crs_to)
+        out = [
+            (fix_records.make(item.origin, records.record_id(
+                item.origin.source, item.origin.input_sha256, item.origin.index),
+                {k: v for k, v in item.tpv.items() if k != "class"}, x, y, z),
+             item.origin.tokens)
+            for item, (x, y), z in zip(items, xy, zones)
+        ]
         self.stats.fixes += len(out)
         return out
 
-    def _base(self, kind: str, o: _Origin, operation: str, crs_from: str = "EPSG:4326") -> Record:
+    async def _fix_batches(self, batch: list[tuple[int, Item]]) -> list[Output]:
+        items = [item for _, item in batch if isinstance(item, FixBatch)]
+        lonlat = np.concatenate([i.fixes.lonlat() for i in items])
+        xy, zones = await self._place(lonlat)
+        fix_records = _FixRecords(self.settings.crs_to)
+        out: list[Output] = []
+        start = 0
+        for item in items:
+            n = len(item)
+            out += fix_records.batch(item, xy[start:start + n], zones[start:start + n])
+            start += n
+        self.stats.fixes += len(out)
+        return out
+
+    async def _place(self, lonlat: np.ndarray) -> tuple[list[list[float]], list[tuple[str, ...]]]:
+        """Fix positions in the target CRS, and the zones they lie in."""
+        if self.settings.crs_to == LONLAT and not self.settings.zone_lookup:
+            return lonlat.tolist(), [()] * len(lonlat)
+        result = await self._runner.run(self._chunk_id(), FixTask(lonlat, self.settings.crs_to))
+        assert isinstance(result, FixResult)
+        return np.asarray(result.xy, dtype=np.float64).tolist(), result.zones
+
+    def _base(self, kind: str, o: _Origin, operation: str, crs_from: str = LONLAT) -> Record:
         lineage = records.Lineage(o.input_sha256, operation, crs_from, self.settings.crs_to)
         return records.base_record(kind, source=o.source, input_sha256=o.input_sha256,
                                    index=o.index, received_at=o.received_at, lineage=lineage)
@@ -396,3 +472,69 @@ class Pipeline:
 
     def _runner_array(self, handle: Any) -> np.ndarray:
         return handle.array()  # type: ignore[no-any-return]
+
+
+class _FixRecords:
+    """gps_fix records of one chunk: they share its time of processing."""
+
+    def __init__(self, crs_to: str) -> None:
+        self.crs_to = crs_to
+        self.processed_at = records.utc_now()
+        self._lineages: dict[str, dict[str, Any]] = {}
+
+    def make(self, o: _Origin, record_id: str, fields: dict[str, Any], x: float, y: float,
+             zones: Sequence[str]) -> Record:
+        lineage = self._lineages.get(o.input_sha256)
+        if lineage is None:
+            lineage = self._lineages[o.input_sha256] = records.Lineage(
+                o.input_sha256, "crs_from_lonlat", LONLAT, self.crs_to).as_dict()
+        rec: Record = {"kind": "gps_fix", "id": record_id, "source": o.source,
+                       "received_at": o.received_at, "processed_at": self.processed_at,
+                       "lineage": lineage.copy()}
+        rec.update(fields)
+        if math.isfinite(x) and math.isfinite(y):
+            rec["x"] = x
+            rec["y"] = y
+        rec["crs"] = self.crs_to
+        rec["zones"] = list(zones)
+        return rec
+
+    def batch(self, item: FixBatch, xy: list[list[float]],
+              zones: Sequence[Sequence[str]]) -> list[Output]:
+        """A block's records, each made with its JSON line: the members all
+        records of the block share are encoded once."""
+        o = item.origin
+        lineage = records.Lineage(o.input_sha256, "crs_from_lonlat", LONLAT,
+                                  self.crs_to).as_dict()
+        head: Record = {"kind": "gps_fix", "id": "", "source": o.source,
+                        "received_at": o.received_at, "processed_at": self.processed_at,
+                        "lineage": lineage}
+        shared = records.dumps(head)
+        # '{"kind":"gps_fix","id":"' + id + '",' + the members from "source" on.
+        before_id = '{"kind":"gps_fix","id":"'
+        after_id = '"' + shared[shared.index(',"source":'):-1] + ","
+        crs = f',"crs":{records.dumps_value(self.crs_to)},"zones":'
+        zone_json: dict[tuple[str, ...], str] = {}
+        out: list[Output] = []
+        for record_id, (fields, members), (x, y), z in zip(item.item_ids(),
+                                                          item.fixes.fields_json(), xy, zones):
+            rec = head.copy()
+            rec["id"] = record_id
+            rec["lineage"] = lineage.copy()
+            rec.update(fields)
+            line = f"{before_id}{record_id}{after_id}{members}"
+            if math.isfinite(x) and math.isfinite(y):
+                rec["x"] = x
+                rec["y"] = y
+                line += f',"x":{x!r},"y":{y!r}'
+            rec["crs"] = self.crs_to
+            zone_list = list(z)
+            rec["zones"] = zone_list
+            key = tuple(zone_list)
+            zones_text = zone_json.get(key)
+            if zones_text is None:
+                zones_text = zone_json[key] = records.dumps_value(zone_list)
+            out.append((records.Record(rec, f"{line}{crs}{zones_text}}}"), ()))
+        if o.tokens and out:
+            out[-1] = (out[-1][0], o.tokens)
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,11 +22,14 @@ from gatewayd import __version__
 __all__ = [
     "DEAD_LETTER_REASONS",
     "Lineage",
+    "Record",
     "dead_letter",
     "dumps",
+    "dumps_value",
     "input_digest",
     "json_value",
     "record_id",
+    "record_ids",
     "utc_now",
 ]
 
@@ -45,6 +49,13 @@ def input_digest(data: bytes) -> str:
 def record_id(source: str, input_sha256: str, index: int | str) -> str:
     """Deterministic in the source, the input bytes and the item's index."""
     return hashlib.sha256(f"{source}\0{input_sha256}\0{index}".encode()).hexdigest()
+
+
+def record_ids(source: str, input_sha256: str, indices: Iterable[int]) -> list[str]:
+    """``record_id`` of many items of one input."""
+    prefix = f"{source}\0{input_sha256}\0"
+    sha256 = hashlib.sha256
+    return [sha256(f"{prefix}{index}".encode()).hexdigest() for index in indices]
 
 
 def utc_now() -> str:
@@ -117,10 +128,58 @@ def dead_letter(
     return rec
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# json.dumps builds an encoder per call, which costs as much as encoding a fix
+# record: one is kept instead, json's own C encoder where there is one. It
+# skips the check for circular references, which records, trees made here,
+# cannot have.
+def _c_encoder() -> Any:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    try:
+        return make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None,
+                    ":", ",", False, False, False) if make is not None else None
+    except TypeError:  # pragma: no cover - another Python's private signature
+        return None
+
+
+_encode = _c_encoder()
+
+
+class Record(dict[str, Any]):
+    """A record made together with its JSON line (``line``), which ``dumps``
+    gives back instead of encoding the record again. It cannot be changed,
+    which would part it from its line; a copy (``dict(record)``) can."""
+
+    __slots__ = ("line",)
+
+    def __init__(self, fields: Mapping[str, Any], line: str) -> None:
+        dict.__init__(self, fields)
+        self.line = line
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a record made with its JSON line cannot be changed; copy it")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    update = pop = popitem = setdefault = clear = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (dict(self),)
+
+
+def dumps_value(value: Any) -> str:
+    """Any JSON value, as ``dumps`` writes it inside a record."""
+    return _ENCODER.encode(value)
+
+
 def dumps(record: Mapping[str, Any]) -> str:
-    """One record as a compact JSON line. NaN never reaches a record: it would
-    not be JSON, so it is refused here rather than written."""
-    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    """One record as a compact JSON line, as ``json.dumps`` with compact
+    separators writes it. NaN never reaches a record: it would not be JSON, so
+    it is refused here (ValueError) rather than written."""
+    if type(record) is Record:
+        return record.line
+    if _encode is not None and type(record) is dict:
+        return "".join(_encode(record, 0))
+    return _ENCODER.encode(record)
 
 
 def json_value(text: str | None) -> Any:

@@ -29,12 +29,12 @@ from gatewayd.config import Config
 from gatewayd.errors import FormatError, GatewayError
 from gatewayd.pipeline import (
     DeadItem,
-    FixItem,
+    FixBatch,
     Pipeline,
     PipelineSettings,
     origin,
 )
-from gatewayd.workers import WorkerPool
+from gatewayd.workers import PoolStats, WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,12 @@ def _file_digest(path: Path) -> str:
 
 class _Replay:
     def __init__(self, config: Config, options: ReplayOptions, pipeline: Pipeline,
-                 summary: ReplaySummary) -> None:
+                 summary: ReplaySummary, pool: _PoolOnDemand) -> None:
         self.config = config
         self.options = options
         self.pipeline = pipeline
         self.summary = summary
+        self.pool = pool
 
     async def feed(self, path: Path) -> None:
         source = self.options.source or path.stem
@@ -141,6 +142,9 @@ class _Replay:
         except OSError as exc:
             raise GatewayError(f"cannot read {path}: {exc.strerror}") from None
         self.summary.inputs += 1
+        settings = self.pipeline.settings
+        if fmt != "nmea" or settings.zone_lookup or settings.crs_to != processing.LONLAT:
+            self.pool.start()  # workers will be needed: they start while this input decodes
         digest = _file_digest(path)
         if fmt == "nmea":
             await self._nmea(path, source, digest, received_at)
@@ -164,21 +168,30 @@ class _Replay:
         )
 
     async def _nmea(self, path: Path, source: str, digest: str, received_at: str) -> None:
-        from gatewayd.nmea import NmeaDecoder
+        from gatewayd.nmea import Fixes, NmeaDecoder
 
         decoder = NmeaDecoder()
         index = 0
+        held: list[Fixes] = []  # decoded, short of a chunk
+
+        async def put(fixes: Fixes, *, last: bool = False) -> None:
+            # Batches of the chunk size, so that each makes one chunk.
+            nonlocal index, held
+            if len(fixes):
+                held.append(fixes)
+            size = max(1, self.pipeline.chunk_size)
+            pending = Fixes.concat(held)
+            cut = len(pending) if last else len(pending) - len(pending) % size
+            if cut:
+                await self.pipeline.put(
+                    FixBatch(origin(source, digest, index, received_at), pending[:cut]))
+                index += cut
+            held = [pending[cut:]] if cut < len(pending) else []
+
         with path.open("rb") as f:
             for block in iter(lambda: f.read(_READ_BLOCK), b""):
-                for fix in decoder.feed(block):
-                    await self.pipeline.put(
-                        FixItem(origin(source, digest, index, received_at), fix.to_tpv())
-                    )
-                    index += 1
-        for fix in decoder.flush():
-            await self.pipeline.put(FixItem(origin(source, digest, index, received_at),
-                                            fix.to_tpv()))
-            index += 1
+                await put(decoder.feed_block(block))
+        await put(decoder.flush_block(), last=True)
         counts = decoder.stats().as_dict()
         for key, value in counts.items():
             self.summary.nmea[key] = self.summary.nmea.get(key, 0) + int(value)
@@ -252,19 +265,21 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
         chunk_size=config.pipeline.chunk_size,
         voxel_size=config.lidar.voxel_size_m,
         in_flight=2 * config.pipeline.workers,
+        zone_lookup=bool(config.zones.file),
     )
     with zones_dir(config) as zones:
-        async with WorkerPool(
+        pool = _PoolOnDemand(WorkerPool(
             size=config.pipeline.workers,
             handler="gatewayd.processing:handle",
             init="gatewayd.processing:init",
             init_args=(processing.WorkerSettings(zones_dir=zones),),
             memory_limit_mb=config.pipeline.worker_memory_mb,
             chunk_timeout_s=config.pipeline.chunk_timeout_s,
-        ) as pool:
+        ))
+        try:
             pipeline = Pipeline(settings, pool, emit, write_points)
             runner = asyncio.create_task(pipeline.run(), name="pipeline")
-            feeder = _Replay(config, options, pipeline, summary)
+            feeder = _Replay(config, options, pipeline, summary, pool)
             try:
                 for path in _inputs(options.inputs):
                     await feeder.feed(path)
@@ -272,6 +287,8 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
                 pipeline.close()
                 await runner
             summary.workers = _stats_dict(pool.stats())
+        finally:
+            await pool.close()
     summary.pipeline = pipeline.stats.as_dict()
     q = pipeline.queue.stats()
     summary.queue = {"capacity": q.capacity, "peak": q.peak, "dropped": q.dropped}
@@ -281,4 +298,48 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:
-    return dataclasses.asdict(stats)
+    return dataclasses.asdict(stats) if stats is not None else {}
+
+
+class _PoolOnDemand:
+    """The worker pool, started when a chunk first needs a worker: a replay
+    whose chunks all run in the pipeline (fixes in lon/lat, no zones) never
+    pays for starting one. A pool that fails to start fails the replay."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+        self._starting: asyncio.Future[WorkerPool] | None = None
+
+    def start(self) -> None:
+        """Starts the workers, without waiting for them."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._pool.__aenter__())
+
+    async def _started(self) -> WorkerPool:
+        self.start()
+        assert self._starting is not None
+        return await asyncio.shield(self._starting)
+
+    async def run(self, chunk_id: str, payload: object) -> object:
+        return await (await self._started()).run(chunk_id, payload)
+
+    def share(self, array: Any) -> Any:
+        return self._pool.share(array)
+
+    def release(self, handle: Any) -> None:
+        self._pool.release(handle)
+
+    def stats(self) -> PoolStats | None:
+        """The pool's figures; None while it has not (or not yet) started."""
+        s = self._starting
+        if s is None or not s.done() or s.cancelled() or s.exception() is not None:
+            return None
+        return self._pool.stats()
+
+    async def close(self) -> None:
+        if self._starting is None:
+            return
+        try:
+            await self._starting  # raises what stopped the workers from starting
+        finally:
+            await self._pool.close()

@@ -188,3 +188,36 @@ def test_hostile_input_never_raises_and_memory_stays_bounded(junk):
         d.feed(junk[i:i + 97])
         assert len(d._pending) <= 200
     d.flush()
+
+
+def test_fixes_in_columns_are_the_fixes_one_by_one():
+    data = b"".join(cycle(f"1200{i:02d}.00") for i in range(5)) + \
+        s("GPGBS,120005.00,1.5,2.5,3.5,,,,")
+    d = NmeaDecoder()
+    block = d.feed_block(data)
+    rest = d.flush_block()
+    fixes, _ = decode(data)
+    assert len(block) + len(rest) == len(fixes) == 6
+    assert [{"class": "TPV", **f} for f in block.fields() + rest.fields()] == \
+        [f.to_tpv() for f in fixes]
+    assert block.to_list() + rest.to_list() == fixes
+    lonlat = block.lonlat()
+    assert lonlat[0].tolist() == [fixes[0].lon, fixes[0].lat]
+    assert isinstance(block.fields()[0]["mode"], int)
+
+
+def test_values_are_rounded_as_python_rounds_them():
+    # 0.0005 m/s steps of speed land on ties and near-ties of round(x, 3).
+    for knots in ("0.0009718", "0.0029155", "10.0", "1.2345678", "0.25"):
+        body = f"GPRMC,120000.00,A,4846.8000050,N,00910.80000,E,{knots},123.45675,031126,,,A"
+        fix = decode(s(body))[0][0]
+        assert fix.speed == round(float(knots) * KNOTS, 3)
+        assert fix.track == round(123.45675, 4)
+        assert fix.lat == round(48 + 46.800005 / 60.0, 9)
+
+
+def test_a_number_json_cannot_say_is_absent_and_bad_numbers_make_the_sentence_malformed():
+    fixes, d = decode(s("GPRMC,120000.00,A,4846.8,N,00910.8,E,1.0,10.0,031126,nan,W,A") +
+                      s("GPGGA,120000.00,4846.8,N,00910.8,E,1,08,1.0,1_0.5,M,x,M,,"))
+    assert fixes[0].magvar is None
+    assert fixes[0].altMSL is None and d.stats().malformed == 1

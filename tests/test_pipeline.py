@@ -13,8 +13,10 @@ import pytest
 
 from gatewayd import processing, records
 from gatewayd.errors import WorkerError
+from gatewayd.nmea import NmeaDecoder
 from gatewayd.pipeline import (
     DeadItem,
+    FixBatch,
     FixItem,
     FrameItem,
     Pipeline,
@@ -84,6 +86,9 @@ def _run(items: list[Any], runner: InProcessRunner, **settings: Any) -> list[dic
 
     async def emit(record: dict, tokens: tuple = ()) -> None:
         out.append(record)
+        _run.tokens.append(tokens)  # type: ignore[attr-defined]
+
+    _run.tokens = []  # type: ignore[attr-defined]
 
     async def main() -> Pipeline:
         pipeline = Pipeline(PipelineSettings(**settings), runner, emit)
@@ -209,3 +214,88 @@ def test_a_frame_is_split_into_blocks_and_its_kept_points_gathered_in_order():
     np.testing.assert_allclose(written[0].xyz, expected, atol=1e-9)
     np.testing.assert_array_equal(written[0].intensity, np.arange(3000))
     assert out[0]["footprint"]["type"] == "Polygon"
+
+
+def _nmea(cycles: int) -> bytes:
+    from functools import reduce
+
+    def s(body: str) -> bytes:
+        return f"${body}*{reduce(lambda a, c: a ^ ord(c), body, 0):02X}\r\n".encode()
+
+    return b"".join(
+        s(f"GNRMC,12{i // 60:02d}{i % 60:02d}.00,A,4846.8{i:04d},N,00910.8,E,1.5,45.0,031126,,,A")
+        + s(f"GNGGA,12{i // 60:02d}{i % 60:02d}.00,4846.8{i:04d},N,00910.8,E,"
+            f"{1 + i % 3},12,0.8,250.5,M,47.9,M,,")
+        + s("GNGSA,A,3,01,02,03,04,,,,,,,,,1.5,0.8,1.2,1")
+        for i in range(cycles))
+
+
+def _batch(data: bytes, tokens: tuple = (), source: str = "gps") -> FixBatch:
+    d = NmeaDecoder()
+    fixes = type(d.feed_block(b"")).concat([d.feed_block(data), d.flush_block()])
+    return FixBatch(origin(source, "d" * 64, 0, "2026-01-01T00:00:00.000Z", tokens), fixes)
+
+
+def test_a_block_of_fixes_makes_the_records_single_fixes_make():
+    batch = _batch(_nmea(300), tokens=("ack",))
+    tpvs = batch.fixes.tpvs()
+    singles = [FixItem(origin("gps", "d" * 64, i, "2026-01-01T00:00:00.000Z"), tpv)
+               for i, tpv in enumerate(tpvs)]
+    for crs_to in ("EPSG:4326", "EPSG:32632"):
+        runner = InProcessRunner()
+        out = _run([batch], runner, chunk_size=64, crs_to=crs_to)
+        assert all(len(c.lonlat) <= 64 for c in runner.chunks) and len(runner.chunks) == 5
+        assert _run.tokens == [()] * 299 + [("ack",)]  # type: ignore[attr-defined]
+        expected = _run(singles, InProcessRunner(), chunk_size=64, crs_to=crs_to)
+        out, expected = ([{k: v for k, v in r.items() if k != "processed_at"} for r in records_]
+                         for records_ in (out, expected))
+        assert out == expected and len(out) == 300
+        assert [r["id"] for r in out] == [records.record_id("gps", "d" * 64, i)
+                                          for i in range(300)]
+        assert [list(r) for r in out] == [list(r) for r in expected]  # the same field order
+
+
+def test_fixes_in_lon_lat_without_zones_need_no_worker():
+    runner = InProcessRunner()
+    out = _run([_batch(_nmea(50))], runner, zone_lookup=False)
+    assert runner.chunks == [] and len(out) == 50
+    assert out[0]["x"] == out[0]["lon"] and out[0]["zones"] == []
+    assert _run.pipeline.stats.fixes == 50  # type: ignore[attr-defined]
+
+
+def test_a_failed_chunk_of_a_block_names_every_fix_in_its_dead_letter():
+    from gatewayd.processing import FixTask
+
+    error = WorkerError("chunk over its time", reason="timeout")
+    out = _run([_batch(_nmea(40))], InProcessRunner(FixTask, error), chunk_size=16)
+    assert [r["kind"] for r in out] == ["dead_letter"] * 3
+    assert [i for r in out for i in r["items"]] == [records.record_id("gps", "d" * 64, i)
+                                                     for i in range(40)]
+
+
+def test_records_are_written_as_json_dumps_writes_them():
+    import json
+
+    # A source to escape, and a last fix without height (its GGA fails its checksum).
+    batch = _batch(_nmea(40) + _nmea(1).replace(b"GNGGA", b"GNXXX"), source='gps "7" é')
+    out = [r for crs in ("EPSG:4326", "EPSG:32632")
+           for r in _run([batch], InProcessRunner(), crs_to=crs)]
+    out += _run([_fix(i) for i in range(3)], InProcessRunner())
+    out += [{"kind": "x", "nested": {"a": [1, 2.5, None, True, "é\n"]}}]
+    assert len({len(r) for r in out}) > 2  # records of several shapes
+    for rec in out:
+        assert records.dumps(rec) == json.dumps(rec, separators=(",", ":"), allow_nan=False)
+    with pytest.raises(ValueError):
+        records.dumps({"x": float("nan")})
+
+
+def test_a_record_made_with_its_json_line_cannot_be_changed_only_copied():
+    rec = _run([_batch(_nmea(2))], InProcessRunner())[0]
+    assert isinstance(rec, records.Record)
+    with pytest.raises(TypeError):
+        rec["x"] = 1.0
+    with pytest.raises(TypeError):
+        rec.pop("zones")
+    copy = dict(rec)
+    copy["x"] = 1.0
+    assert '"x":1.0' in records.dumps(copy) and records.dumps(rec) == rec.line

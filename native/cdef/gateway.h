@@ -74,5 +74,62 @@ int64_t gw_transform(gw_proj *p, PJ *pj, int direction, double *xyz, int64_t n,
 int64_t gw_nmea_scan(const uint8_t *buf, int64_t n, int64_t max_len, int final,
                      int64_t *out, int64_t capacity, int64_t *consumed, int64_t *garbage);
 
+/* ---- NMEA fix assembly (gpsd's reporting cycle) ---- */
+/* values: status lat lon altMSL altHAE geoidSep speed track climb magvar eph epx epy epv */
+#define GW_FIX_FIELDS 14
+#define GW_FIX_TIME_LEN 24 /* YYYY-MM-DDTHH:MM:SS.mmmZ */
+
+typedef struct gw_fix {
+    int64_t offset; /* stream offset of the cycle's first sentence */
+    int32_t mode;
+    uint32_t present; /* bit k: values[k] was given */
+    double values[14];
+    char time[24]; /* not terminated; time[0] == 0: no time */
+} gw_fix;
+
+typedef struct gw_nmea_stats {
+    int64_t sentences;
+    int64_t bad_checksum;
+    int64_t no_checksum;
+    int64_t too_long;
+    int64_t truncated;
+    int64_t garbage_bytes;
+    int64_t skipped_proprietary;
+    int64_t skipped_unknown;
+    int64_t malformed;
+    int64_t fixes;
+} gw_nmea_stats;
+
+typedef struct gw_nmea {
+    gw_nmea_stats stats;
+    uint32_t enders; /* bit per sentence type: learned to end a cycle */
+    int32_t last_tag; /* sentence type of the last good sentence, -1: none */
+    /* the open cycle */
+    int32_t open;
+    int32_t reported;
+    int32_t no_fix;
+    int32_t fix_claimed;
+    int32_t gsa_mode; /* 0: no GSA */
+    int32_t has_tod;
+    int64_t offset;
+    double tod;
+    uint32_t present;
+    double values[14];
+    /* the date, and what moves it on */
+    int32_t has_date;
+    int32_t has_last_tod;
+    int64_t day; /* days since 1970-01-01 */
+    double last_tod;
+    int32_t has_previous;
+    double previous_epoch;
+    double previous_alt;
+} gw_nmea;
+
+void gw_nmea_init(gw_nmea *st);
+int64_t gw_nmea_decode(gw_nmea *st, const uint8_t *buf, int64_t n, int64_t base,
+                       int64_t max_len, int final, gw_fix *out, int64_t capacity,
+                       int64_t *consumed);
+int64_t gw_nmea_finish(gw_nmea *st, gw_fix *out);
+
 /* ---- LZF (PCD binary_compressed) ---- */
 int64_t gw_lzf_decompress(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);
