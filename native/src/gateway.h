@@ -18,7 +18,7 @@
 #include <proj.h>
 
 /* Bumped whenever the C API below changes; checked by the Python wrapper. */
-#define GW_ABI_VERSION 1
+#define GW_ABI_VERSION 2
 
 #define GW_MSG_LEN 512
 
