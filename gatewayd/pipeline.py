@@ -237,6 +237,10 @@ class Pipeline:
         filled = 0  # the batch's fixes or polygons
         while True:
             try:
+                if batch and not len(self.queue) and not self._tasks:
+                    # Nothing in flight: a partial chunk goes now, so that a lone
+                    # fix is not held back; under load, chunks fill while others run.
+                    raise TimeoutError
                 if batch and not len(self.queue):
                     entry = await asyncio.wait_for(self.queue.receive(), self.settings.linger_s)
                 else:
