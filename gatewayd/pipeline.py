@@ -237,13 +237,16 @@ class Pipeline:
         filled = 0  # the batch's fixes or polygons
         while True:
             try:
-                if batch and not len(self.queue) and not self._tasks:
+                # What is queued already is taken without a wait (and without
+                # the task that wait_for makes each time).
+                entry = self.queue.receive_nowait()
+                if entry is None and batch and not self._tasks:
                     # Nothing in flight: a partial chunk goes now, so that a lone
                     # fix is not held back; under load, chunks fill while others run.
                     raise TimeoutError
-                if batch and not len(self.queue):
+                if entry is None and batch:
                     entry = await asyncio.wait_for(self.queue.receive(), self.settings.linger_s)
-                else:
+                elif entry is None:
                     entry = await self.queue.receive()
             except TimeoutError:
                 await self._dispatch(batch)
