@@ -1,4 +1,4 @@
-"""The command line: ``gatewayd run | replay | status | check-config | demo | version``.
+"""The command line: ``gatewayd run | replay | status | audit | check-config | demo | version``.
 
 Only this module configures logging and turns errors into exit codes: every
 GatewayError becomes one clear line on stderr and its class's exit code; a
@@ -25,6 +25,7 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 12
+EXIT_BROKEN_CHAIN = 13
 EXIT_INTERRUPTED = 130
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the local daemon's state (no broker needed)")
     _common(p)
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    p = sub.add_parser("audit", help="check the lineage audit trail")
+    asub = p.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    v = asub.add_parser("verify", help="prove the audit log intact, or name its first broken line")
+    _common(v)
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                   help="a log directory or one file (default: the configured audit directory)")
 
     p = sub.add_parser("check-config", help="print the effective configuration and its origins")
     _common(p)
@@ -153,6 +162,15 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from gatewayd.audit import verify
+
+    path = args.path if args.path is not None else Path(_load(args).audit_dir)
+    result = verify(path)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.describe())
+    return EXIT_OK if result.ok else EXIT_BROKEN_CHAIN
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from gatewayd.config import render_config
 
@@ -189,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(debug)
     try:
         args = build_parser().parse_args(argv)
-        commands = {"replay": _replay, "run": _run_daemon, "status": _status,
+        commands = {"replay": _replay, "run": _run_daemon, "status": _status, "audit": _audit,
                     "check-config": _check_config,
                     "demo": _demo}
         if args.command == "version":

@@ -191,6 +191,18 @@ class OutboxSection:
     fsync_interval_s: float = _opt(_in(0.001, 60), default=0.2)
 
 
+@dataclass(frozen=True, slots=True)
+class AuditSection:
+    # A hash-chained log of every result's lineage; `gatewayd audit verify`.
+    enabled: bool = False
+    directory: str | None = None  # default: <gateway.state_dir>/audit
+    max_bytes: int = _opt(_in(512, 1 << 34), default=8 * _MiB)  # then rotated
+    keep: int = _opt(_in(0, 1_000_000), default=64)  # rotated files kept; 0: all
+    flush_interval_s: float = _opt(_in(0, 60), default=1.0)
+    max_pending: int = _opt(_in(1, 10_000_000), default=10_000)
+    publish: bool = True  # each line also on <prefix>/lineage
+
+
 def _prom_path(value: str | None) -> str | None:
     if value is None:
         return None
@@ -249,6 +261,7 @@ _SECTIONS: dict[str, type] = {
     "thermal": ThermalSection,
     "metrics": MetricsSection,
     "outbox": OutboxSection,
+    "audit": AuditSection,
     "log": LogSection,
 }
 
@@ -266,6 +279,7 @@ class Config:
     thermal: ThermalSection
     metrics: MetricsSection
     outbox: OutboxSection
+    audit: AuditSection
     log: LogSection
     provenance: Mapping[str, str]
 
@@ -280,6 +294,10 @@ class Config:
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"gatewayd-{self.gateway.id}"
+
+    @property
+    def audit_dir(self) -> str:
+        return self.audit.directory or os.path.join(self.gateway.state_dir, "audit")
 
     @property
     def ports(self) -> tuple[PortSpec, ...]:

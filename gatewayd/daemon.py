@@ -193,6 +193,7 @@ class Daemon:
         self._zones = contextlib.ExitStack()
         self._mqtt_up = asyncio.Event()  # clear while the client is being replaced
         self._outbox: Any = None
+        self._audit: Any = None
         self._timed_out: set[asyncio.Future[Any]] = set()  # publishes past their time
         self._lags: collections.deque[float] = collections.deque(maxlen=1200)
         self._metrics: Any = None
@@ -245,6 +246,7 @@ class Daemon:
         self._pipeline = pipeline
         runner = asyncio.create_task(pipeline.run(), name="pipeline")
         await self._open_outbox(config)
+        await self._open_audit(config)
         await self._connect(config)
         drain = asyncio.create_task(self._drain_outbox(), name="outbox-replay")
         try:
@@ -284,7 +286,38 @@ class Daemon:
             await self._mqtt.close()
             if self._outbox is not None:
                 await self._outbox.close()
+            if self._audit is not None:
+                await self._audit.close()
         return 0
+
+    async def _open_audit(self, config: Config) -> None:
+        from gatewayd.audit import AuditLog, AuditSettings
+
+        a = config.audit
+        if not a.enabled:
+            return
+        try:
+            Path(config.audit_dir).mkdir(parents=True, exist_ok=True)
+            self._audit = await AuditLog.open(
+                AuditSettings(Path(config.audit_dir), max_bytes=a.max_bytes,
+                              keep=a.keep or None, flush_interval_s=a.flush_interval_s,
+                              max_pending=a.max_pending),
+                on_line=self._publish_lineage if a.publish else None)
+        except (OSError, GatewayError, ValueError) as exc:
+            logger.error("audit trail in %s not opened: %s", config.audit_dir, exc,
+                         extra={"gatewayd_reason": "audit"})
+
+    def _publish_lineage(self, line: bytes) -> None:
+        task = asyncio.ensure_future(
+            self._publish(f"{self.config.topic_prefix}/lineage", line, 1, False))
+        self._publishes.add(task)
+
+        def done(t: asyncio.Future[None]) -> None:
+            self._publishes.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._counts["lineage_failed"] += 1
+
+        task.add_done_callback(done)
 
     async def _open_outbox(self, config: Config) -> None:
         from gatewayd.outbox import Outbox, OutboxSettings
@@ -631,6 +664,10 @@ class Daemon:
             self._metrics.message_out(source, _OUT_KIND.get(kind, kind))
         self._counts["records"] += 1
         self._progress += 1
+        if self._audit is not None:
+            from gatewayd.audit import lineage_event
+
+            self._audit.append(lineage_event(record))
         self._send(topic, records.dumps(record).encode(), tokens, record["id"])
 
     async def _write_points(self, record: dict[str, Any], frame: Any) -> None:

@@ -523,3 +523,43 @@ def test_drop_oldest_drops_the_oldest_fix_and_counts_it(tmp_path):
         backlog.add(_fix_item(i))
     assert [it.tpv["lat"] - 50.0 for it in backlog.items] == [2, 3, 4]
     assert backlog.dropped == 2
+
+
+@pytest.mark.slow
+def test_every_result_is_in_the_audit_trail_and_tampering_is_named(mosquitto, tmp_path):
+    sub = Subscriber(mosquitto.port)
+    audit = tmp_path / "audit"
+    daemon = Daemon(tmp_path, mosquitto.port, "audit.enabled=true",
+                    f"audit.directory={audit}", "audit.flush_interval_s=0.1")
+    try:
+        daemon.wait_note("READY=1")
+        for i in range(12):
+            doc = {"class": "TPV", "mode": 2, "lat": 40.0 + i * 1e-3, "lon": 3.0}
+            _publish(mosquitto.port, f"gatewayd/{GW}/in/gps/van", json.dumps(doc).encode())
+        sub.wait_for(lambda: len(sub.records("/out/gps/van")) >= 12)
+        sub.wait_for(lambda: len([t for t in sub.topics() if t.endswith("/lineage")]) >= 12)
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+        sub.close()
+    ids = {r["id"] for r in sub.records("/out/gps/van")}
+
+    def verify(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gatewayd", "audit", "verify",
+                               "--set", f"audit.directory={audit}", *extra],
+                              capture_output=True, text=True, timeout=60)
+
+    good = verify("--json")
+    assert good.returncode == 0, good.stdout + good.stderr
+    lines = [json.loads(line) for f in sorted(audit.glob("*.jsonl"))
+             for line in f.read_text().splitlines()]
+    assert ids <= {line.get("id") for line in lines}
+    assert json.loads(good.stdout)["lines"] == len(lines)
+
+    log = sorted(audit.glob("*.jsonl"))[-1]
+    text = log.read_text().splitlines(keepends=True)
+    text[4] = text[4].replace("40.00", "41.00", 1) if "40.00" in text[4] else \
+        text[4].replace('"gps_fix"', '"gps_fiz"', 1)
+    log.write_text("".join(text))
+    broken = verify()
+    assert broken.returncode == 13
+    assert "line 5" in broken.stdout or '"line": 5' in broken.stdout, broken.stdout
