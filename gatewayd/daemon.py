@@ -239,7 +239,6 @@ class Daemon:
                 self._notifier.close()
 
     async def _serve(self, pool: WorkerPool) -> int:
-
         config = self.config
         pipeline = Pipeline(self._pipeline_settings(config), pool, self._emit,
                             self._write_points)
