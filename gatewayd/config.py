@@ -157,6 +157,7 @@ class SerialSection:
     ports: tuple[str, ...] = _opt(_ports, default=())
     backlog: int = _opt(_in(1, 1_000_000), default=1000)  # fixes held per port in memory
     spill_max_mb: int = _opt(_in(1, 1 << 20), default=64)  # per port, on disk
+    spill_fsync_interval_s: float = _opt(_in(0.001, 60), default=1.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,9 @@ from typing import Any
 from gatewayd import __version__, geometry, ingest, processing, records
 from gatewayd.config import Config, load_config
 from gatewayd.errors import DecodeError, GatewayError
-from gatewayd.pipeline import FixItem, Item, Pipeline, PipelineSettings
+from gatewayd.pipeline import Item, Pipeline, PipelineSettings
 from gatewayd.replay import zones_dir
+from gatewayd.spill import SerialBacklog
 from gatewayd.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -60,104 +60,6 @@ class _Ticket:
         self.waiting = True  # still being decoded, or its data waits in a GPS cycle
 
 
-class _SerialBacklog:
-    """A port's fixes waiting for room in the queue; bounded, with a spill."""
-
-    def __init__(self, name: str, limit: int, policy: str, spill_dir: Path | None,
-                 spill_max_bytes: int) -> None:
-        self.name = name
-        self.items: collections.deque[Item] = collections.deque()
-        self.limit = limit
-        self.policy = policy
-        self.dropped = 0
-        self.spilled = 0
-        self._spill_path = spill_dir / f"{name}.jsonl" if spill_dir else None
-        self._spill_max = spill_max_bytes
-        self._spill_read = 0
-        self._spill_size = 0
-        self.corrupt = 0
-        if self._spill_path is not None and self._spill_path.exists():
-            # Fixes spilled before a restart are still owed: they go first.
-            self._spill_size = self._spill_path.stat().st_size
-            with self._spill_path.open("rb+") as f:
-                if self._spill_size and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
-                    f.write(b"\n")  # end a line torn by a power cut; append after it
-                    self._spill_size += 1
-            if self._spill_size:
-                logger.info("%s: %d bytes of spilled fixes from before the restart", name,
-                            self._spill_size, extra={"gatewayd_source": name})
-
-    def add(self, item: Item) -> None:
-        if self._spill_size > self._spill_read or len(self.items) >= self.limit:
-            if self.policy == "spill" and self._spill(item):
-                return
-            if len(self.items) >= self.limit:
-                self.items.popleft()
-                self.dropped += 1
-                if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
-                    logger.warning("%s: queue full, %d fixes dropped so far", self.name,
-                                   self.dropped, extra={"gatewayd_source": self.name,
-                                                        "gatewayd_reason": "overflow"})
-        self.items.append(item)
-
-    def _spill(self, item: Item) -> bool:
-        if self._spill_path is None or not isinstance(item, FixItem):
-            return False
-        body = json.dumps({"tpv": item.tpv, "received_at": item.origin.received_at,
-                           "sha": item.origin.input_sha256}).encode()
-        # Each line carries its CRC: a torn or rotted line is known, not misread.
-        line = b"%08x %s\n" % (zlib.crc32(body), body)
-        if self._spill_size + len(line) > self._spill_max:
-            return False
-        try:
-            with self._spill_path.open("ab") as f:
-                f.write(line)
-        except OSError as exc:
-            logger.warning("%s: cannot spill to %s: %s", self.name, self._spill_path,
-                           exc.strerror)
-            return False
-        self._spill_size += len(line)
-        self.spilled += 1
-        return True
-
-    def refill(self, origin_of: Any) -> None:
-        """Moves spilled fixes back, oldest first, while there is room."""
-        if self._spill_path is None or self._spill_size <= self._spill_read:
-            return
-        room = self.limit - len(self.items)
-        if room <= self.limit // 2:
-            return
-        with self._spill_path.open("rb") as f:
-            f.seek(self._spill_read)
-            while room > 0:
-                line = f.readline()
-                if not line:
-                    break
-                self._spill_read += len(line)
-                try:
-                    crc, _, body = line.rstrip(b"\n").partition(b" ")
-                    if int(crc, 16) != zlib.crc32(body):
-                        raise ValueError("CRC mismatch")
-                    entry = json.loads(body)
-                    item = FixItem(origin_of(self.name, entry["sha"], 0, entry["received_at"]),
-                                   dict(entry["tpv"]))
-                except (ValueError, KeyError, TypeError):
-                    # A line torn by a power cut: only that fix is lost, and counted.
-                    self.corrupt += 1
-                    logger.warning("%s: a corrupt spilled fix skipped", self.name,
-                                   extra={"gatewayd_source": self.name,
-                                          "gatewayd_reason": "spill_corrupt"})
-                    continue
-                self.items.append(item)
-                room -= 1
-        if self._spill_read >= self._spill_size:
-            self._spill_path.unlink(missing_ok=True)
-            self._spill_read = self._spill_size = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None = None,
                  overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
@@ -173,7 +75,7 @@ class Daemon:
         self._streams: dict[str, ingest.GpsStream] = {}
         self._last_data: dict[str, float] = {}
         self._mqtt_inbox: collections.deque[Item] = collections.deque()
-        self._backlogs: dict[str, _SerialBacklog] = {}
+        self._backlogs: dict[str, SerialBacklog] = {}
         self._wakeup = asyncio.Event()
         self._ports: dict[str, Any] = {}
         self._port_tasks: dict[str, asyncio.Task[None]] = {}
@@ -228,6 +130,7 @@ class Daemon:
                     memory_limit_mb=config.pipeline.worker_memory_mb,
                     chunk_timeout_s=config.pipeline.chunk_timeout_s,
                     retries=config.pipeline.retries,
+                    on_chunk=self._metrics.observe_chunk,
                 ) as pool:
                     self._pool = pool
                     return await self._serve(pool)
@@ -283,6 +186,8 @@ class Daemon:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
             await self._mqtt.close()
+            for backlog in self._backlogs.values():
+                await backlog.close()
             if self._outbox is not None:
                 await self._outbox.close()
             if self._audit is not None:
@@ -580,7 +485,8 @@ class Daemon:
                 if backlog.items:
                     await pipeline.put(backlog.items.popleft())
                     moved = True
-                backlog.refill(_origin)
+                await backlog.refill()
+                moved = moved or bool(backlog.items)
             if self._throttled():
                 await asyncio.sleep(0.05)  # the SoC is at its hard limit: slow intake
             if not moved:
@@ -599,24 +505,26 @@ class Daemon:
         from gatewayd.serialport import PortSettings, SerialPort
 
         spill_dir = Path(config.gateway.state_dir) / "spill"
-        if config.pipeline.overflow == "spill":
-            try:
-                spill_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                logger.warning("no spill directory %s (%s): serial overflow drops the oldest",
-                               spill_dir, exc.strerror)
-                spill_dir = None  # type: ignore[assignment]
         for spec in config.ports:
             if spec.name in self._ports:
                 continue
             port = SerialPort(PortSettings(spec.name, spec.device, spec.baud),
                               self._on_serial_data, self._on_port_state)
             self._ports[spec.name] = port
-            self._backlogs[spec.name] = _SerialBacklog(
-                spec.name, config.serial.backlog, config.pipeline.overflow, spill_dir,
-                config.serial.spill_max_mb << 20)
-            self._port_tasks[spec.name] = asyncio.create_task(port.run(),
-                                                              name=f"serial-{spec.name}")
+            # A port removed and added again by reloads keeps its backlog.
+            backlog = self._backlogs.get(spec.name)
+            if backlog is None:
+                backlog = self._backlogs[spec.name] = SerialBacklog(
+                    spec.name, config.serial.backlog, config.pipeline.overflow, spill_dir,
+                    config.serial.spill_max_mb << 20, config.serial.spill_fsync_interval_s,
+                    self._wakeup.set)
+            self._port_tasks[spec.name] = asyncio.create_task(
+                self._run_port(port, backlog), name=f"serial-{spec.name}")
+
+    @staticmethod
+    async def _run_port(port: Any, backlog: SerialBacklog) -> None:
+        await backlog.open()  # before the first byte: what was spilled goes first
+        await port.run()
 
     async def _ports_settled(self, timeout: float) -> None:
         """Waits (bounded) until every port is open or waiting with a reason:
@@ -957,8 +865,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "sources": {name: {"kind": "serial", "state": p.status.state,
                                "reason": p.status.reason, "baud": p.status.baud,
-                               "dropped": self._backlogs[name].dropped,
-                               "spilled": self._backlogs[name].spilled}
+                               **self._backlogs[name].stats()}
                         for name, p in self._ports.items()},
             "mqtt": self._mqtt.state if self._mqtt else "closed",
             "queue": {"depth": q.depth, "peak": q.peak, "capacity": q.capacity}
@@ -1014,10 +921,3 @@ class Daemon:
             tmp.replace(path)
         except OSError:
             pass
-
-
-def _origin(source: str, digest: str, index: int, received_at: str) -> Any:
-    from gatewayd.pipeline import origin
-
-    return origin(source, digest, index, received_at)
-

@@ -525,9 +525,10 @@ class GatewayMetrics:
                                       ["source", "kind"])
         self.dead_letters = r.counter("gatewayd_dead_letters_total",
                                       "Inputs refused or failed, by reason code.", ["reason"])
-        self.chunk_latency = r.histogram("gatewayd_chunk_duration_seconds",
-                                         "Time from handing a chunk to a worker to its result.",
-                                         CHUNK_LATENCY_BUCKETS)
+        self.chunk_latency = r.histogram(
+            "gatewayd_chunk_duration_seconds",
+            "Time from handing a chunk to a worker to its result, for chunks that "
+            "succeeded (timeouts and deaths are counted apart).", CHUNK_LATENCY_BUCKETS)
         self.source_state = r.gauge("gatewayd_source_state",
                                     "1 for an input source's current state, 0 for the others.",
                                     ["source", "state"])

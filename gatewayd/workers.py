@@ -285,7 +285,8 @@ class WorkerPool:
     def __init__(self, *, size: int, handler: str, init: str | None = None,
                  init_args: tuple[Any, ...] = (), memory_limit_mb: int = 180,
                  chunk_timeout_s: float = 4.0, retries: int = 1,
-                 start_method: str = "forkserver", env: Mapping[str, str] | None = None) -> None:
+                 start_method: str = "forkserver", env: Mapping[str, str] | None = None,
+                 on_chunk: Callable[[float], None] | None = None) -> None:
         if size < 1:
             raise ValueError("a pool needs at least one worker")
         self.size = size
@@ -306,6 +307,7 @@ class WorkerPool:
         self._counts = dict(done=0, timeouts=0, deaths=0, memory=0, failures=0, restarts=0)
         self._last_replace_s: float | None = None
         self._replace_started: dict[int, float] = {}
+        self._on_chunk = on_chunk  # seconds from handing a chunk over to its result
 
     # ---- lifecycle ----
 
@@ -559,7 +561,11 @@ class WorkerPool:
                 self._start_worker()
             return "died", (f"could not take the chunk: {exc}",)
         worker.deadline = self._loop.call_later(self.chunk_timeout_s, self._on_deadline, worker)
-        return await future
+        sent = time.monotonic()
+        outcome = await future
+        if outcome[0] == "ok" and self._on_chunk is not None:
+            self._on_chunk(time.monotonic() - sent)
+        return outcome
 
     # ---- shared memory ----
 

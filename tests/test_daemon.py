@@ -178,9 +178,11 @@ def test_serial_nmea_and_mqtt_inputs_become_correct_records_on_the_output_topics
         mosquitto, tmp_path):
     gps = Pty(tmp_path / "gps0")
     sub = Subscriber(mosquitto.port)
+    prom = tmp_path / "gatewayd.prom"
     daemon = Daemon(tmp_path, mosquitto.port, f"serial.ports=gps0={gps.link}@115200",
                     "crs.target=EPSG:32632", f"zones.file={SAMPLES / 'zones.geojson'}",
-                    "crs.source=EPSG:32632")
+                    "crs.source=EPSG:32632", f"metrics.textfile={prom}",
+                    "metrics.textfile_interval_s=1")
     try:
         ready = daemon.wait_note("READY=1")
         assert "STATUS=queue 0/500" in ready
@@ -237,6 +239,23 @@ def test_serial_nmea_and_mqtt_inputs_become_correct_records_on_the_output_topics
 
         phone = next(r for r in sub.records() if r["source"] == "phone")
         assert phone["lat"] == 48.1 and phone["speed"] == pytest.approx(10.0)
+
+        # The workers' chunks are timed: the frame, the polygons, the fixes.
+        def chunk_histogram() -> dict[str, float]:
+            text = prom.read_text() if prom.exists() else ""
+            return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                    if line.startswith("gatewayd_chunk_duration_seconds")}
+
+        deadline = time.monotonic() + 10
+        while chunk_histogram().get("gatewayd_chunk_duration_seconds_count", 0) < 3 and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+        h = chunk_histogram()
+        assert h["gatewayd_chunk_duration_seconds_count"] >= 3
+        assert h['gatewayd_chunk_duration_seconds_bucket{le="+Inf"}'] == \
+            h["gatewayd_chunk_duration_seconds_count"]
+        assert 0 < h["gatewayd_chunk_duration_seconds_sum"] < \
+            h["gatewayd_chunk_duration_seconds_count"] * 60
 
         sub.wait_for(lambda: any(json.loads(p).get("counts", {}).get("refused_topics")
                                  for t_, p, _ in sub.messages if t_.endswith("/status")))
@@ -458,8 +477,12 @@ def test_serial_fixes_spill_to_disk_while_the_queue_is_full_and_all_arrive_later
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
         gps.talk(range(60))
-        spill = tmp_path / "state" / "spill" / "gps0.jsonl"
-        assert spill.exists() and spill.stat().st_size > 0
+        spill = tmp_path / "state" / "spill" / "gps0"
+        deadline = time.monotonic() + 10
+        while not any(f.stat().st_size for f in spill.glob("*.seg")) and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)  # written in batches, a second apart at most
+        assert any(f.stat().st_size for f in spill.glob("*.seg")), daemon.output()
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
         stopped = []
@@ -479,50 +502,6 @@ def test_serial_fixes_spill_to_disk_while_the_queue_is_full_and_all_arrive_later
         gps.close()
         sub.close()
     assert code == 0, daemon.output()
-
-
-def _fix_item(i: int):
-    from gatewayd.pipeline import FixItem, origin
-
-    return FixItem(origin("gps0", f"{i:064x}", 0, "t"), {"class": "TPV", "mode": 2,
-                                                         "lat": 50.0 + i, "lon": 8.0})
-
-
-def test_a_serial_spill_survives_a_restart_and_a_torn_line_costs_only_its_fix(tmp_path):
-    from gatewayd.daemon import _SerialBacklog
-    from gatewayd.pipeline import origin
-
-    backlog = _SerialBacklog("gps0", 2, "spill", tmp_path, 1 << 20)
-    for i in range(10):
-        backlog.add(_fix_item(i))
-    assert len(backlog) == 2 and backlog.spilled == 8 and backlog.dropped == 0
-    spill = tmp_path / "gps0.jsonl"
-    lines = spill.read_bytes().splitlines(keepends=True)
-    lines[3] = lines[3].replace(b'"lat": 55.0', b'"lat": 56.0')  # a rotted byte
-    lines[-1] = lines[-1][:20]  # the last line torn by a power cut
-    spill.write_bytes(b"".join(lines))
-
-    again = _SerialBacklog("gps0", 20, "spill", tmp_path, 1 << 20)  # after a restart
-    again.add(_fix_item(10))  # new fixes queue behind the spilled ones
-    got = []
-    while True:
-        again.refill(origin)
-        if not again.items:
-            break
-        while again.items:
-            got.append(again.items.popleft().tpv["lat"] - 50.0)
-    assert got == [2, 3, 4, 6, 7, 8, 10] and again.corrupt == 2
-    assert not spill.exists()  # drained: removed, never rewritten
-
-
-def test_drop_oldest_drops_the_oldest_fix_and_counts_it(tmp_path):
-    from gatewayd.daemon import _SerialBacklog
-
-    backlog = _SerialBacklog("gps0", 3, "drop_oldest", None, 0)
-    for i in range(5):
-        backlog.add(_fix_item(i))
-    assert [it.tpv["lat"] - 50.0 for it in backlog.items] == [2, 3, 4]
-    assert backlog.dropped == 2
 
 
 @pytest.mark.slow

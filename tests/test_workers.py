@@ -252,3 +252,21 @@ def test_reconfigure_replaces_every_worker_and_loses_no_chunk():
             assert p.stats().deaths == 0 and p.stats().timeouts == 0
 
     run(main())
+
+
+def test_each_finished_chunk_reports_how_long_its_worker_took():
+    durations: list[float] = []
+
+    async def main():
+        async with pool(size=1, chunk_timeout_s=0.5, on_chunk=durations.append) as p:
+            await p.run("quick", ("echo", 1))
+            await p.run("slow", ("sleep", 0.3))
+            with pytest.raises(ChunkTimeout):
+                await p.run("stuck", ("hang", None))
+            with pytest.raises(ChunkFailed):
+                await p.run("refused", ("bad_input", None))
+
+    run(main())
+    # Only the two that finished; a timed-out or failed chunk is counted apart.
+    assert len(durations) == 2
+    assert durations[0] < 0.3 <= durations[1] < 0.5
