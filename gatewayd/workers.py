@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import itertools
 import logging
@@ -179,10 +180,19 @@ def _worker_main(tasks: Connection, conn: Connection, handler: str, init: str | 
         try:
             result = handle(payload)
         except MemoryError:
-            conn.send(("memory", chunk_id, "out of memory under the worker's cap"))
+            conn.send(("memory", chunk_id, "out of memory under the worker's cap", True))
             return  # a fragmented heap is not worth keeping
         except GatewayError as exc:
             conn.send(("failed", chunk_id, exc.reason, f"{type(exc).__name__}: {exc}"))
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENOMEM:
+                # An mmap over the cap (a shared frame too large, say): the
+                # heap is whole, so this worker goes on.
+                conn.send(("memory", chunk_id, f"out of address space under the worker's "
+                                               f"cap: {exc.strerror}", False))
+                continue
+            conn.send(("failed", chunk_id, "error", f"{type(exc).__name__}: {exc}"))
             continue
         except Exception as exc:
             conn.send(("failed", chunk_id, "error", f"{type(exc).__name__}: {exc}"))
@@ -190,7 +200,7 @@ def _worker_main(tasks: Connection, conn: Connection, handler: str, init: str | 
         try:
             conn.send(("ok", chunk_id, result))
         except MemoryError:
-            conn.send(("memory", chunk_id, "out of memory sending the result"))
+            conn.send(("memory", chunk_id, "out of memory sending the result", True))
             return
 
 
@@ -279,6 +289,7 @@ class _Worker:
         self.peak_rss_kb = 0
         self.started = time.monotonic()
         self.retire = False  # started with settings that have since changed
+        self.leaving = False  # said it exits (after a MemoryError)
 
 
 class WorkerPool:
@@ -467,7 +478,10 @@ class WorkerPool:
         future = chunk[1]
         if not future.done():
             future.set_result((kind, message[2:]))
-        if kind == "ok" or kind == "failed":
+        if kind == "memory" and message[3]:
+            worker.leaving = True  # it exits after a MemoryError: a fresh one follows
+            return
+        if kind in ("ok", "failed", "memory"):
             if worker.retire:
                 self._retire(worker)
                 return
@@ -490,11 +504,15 @@ class WorkerPool:
         if chunk is not None and not chunk[1].done():
             chunk[1].set_result(("died", (_describe_exit(code),)))
         if not self._closing:
-            logger.warning("worker %d %s%s; starting another", worker.pid, _describe_exit(code),
-                           f" during chunk {chunk[0]}" if chunk else "",
-                           extra={"gatewayd_worker_pid": worker.pid,
-                                  "gatewayd_chunk": chunk[0] if chunk else None,
-                                  "gatewayd_reason": "worker_died"})
+            if worker.leaving and code == 0:
+                logger.info("worker %d left after running out of memory; starting another",
+                            worker.pid, extra={"gatewayd_worker_pid": worker.pid})
+            else:
+                logger.warning("worker %d %s%s; starting another", worker.pid,
+                               _describe_exit(code), f" during chunk {chunk[0]}" if chunk else "",
+                               extra={"gatewayd_worker_pid": worker.pid,
+                                      "gatewayd_chunk": chunk[0] if chunk else None,
+                                      "gatewayd_reason": "worker_died"})
             self._counts["restarts"] += 1
             self._start_worker()
 

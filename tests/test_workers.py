@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +24,18 @@ from gatewayd.workers import (
 )
 
 HANDLER = "worker_tasks:handle"
+
+
+def _address_space_cap_holds() -> bool:
+    """Whether setrlimit(RLIMIT_AS) is applied here: qemu-user, which runs the
+    ARM builds' tests, accepts it and applies nothing."""
+    code = ("import mmap, resource; resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20));"
+            " mmap.mmap(-1, 512 << 20)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode != 0
+
+
+needs_cap = pytest.mark.skipif(not _address_space_cap_holds(),
+                               reason="setrlimit(RLIMIT_AS) is accepted but not applied here")
 
 
 def pool(**kw):
@@ -131,6 +145,7 @@ def test_a_chunk_that_kills_its_worker_twice_is_failed_as_worker_died(op):
     run(main())
 
 
+@needs_cap
 def test_memory_over_the_cap_is_a_memory_error_for_that_chunk_only():
     async def main():
         async with pool(memory_limit_mb=250) as p:
@@ -144,6 +159,38 @@ def test_memory_over_the_cap_is_a_memory_error_for_that_chunk_only():
     run(main())
 
 
+@needs_cap
+def test_a_mapping_over_the_cap_is_a_memory_error_and_the_worker_goes_on(caplog):
+    async def main():
+        async with pool(size=1, memory_limit_mb=250) as p:
+            pid = p.stats().workers[0].pid
+            with pytest.raises(ChunkMemoryError) as info:
+                await p.run("huge frame", ("map_mb", 600))
+            assert info.value.reason == "memory" and "address space" in str(info.value)
+            assert await p.run("small frame", ("map_mb", 8)) == 8 * 1024 * 1024
+            # Its heap is whole: the same worker serves on, nothing was restarted.
+            assert p.stats().workers[0].pid == pid and p.stats().restarts == 0
+
+    run(main())
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@needs_cap
+def test_a_worker_leaving_after_a_memory_error_is_replaced_without_a_death_warning(caplog):
+    async def main():
+        async with pool(size=1, memory_limit_mb=250) as p:
+            pid = p.stats().workers[0].pid
+            with pytest.raises(ChunkMemoryError):
+                await p.run("greedy", ("allocate_mb", 600))
+            assert await p.run("next", ("echo", 1)) == ("t", p.stats().workers[0].pid, 1)
+            assert p.stats().workers[0].pid != pid and p.stats().restarts == 1
+            assert p.stats().deaths == 0
+
+    run(main())
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@needs_cap
 def test_workers_run_with_the_address_space_cap_and_one_blas_thread():
     async def main():
         async with pool(memory_limit_mb=222) as p:

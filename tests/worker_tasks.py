@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import signal
 import time
@@ -33,6 +34,9 @@ def handle(task: tuple[str, Any]) -> Any:
         os.kill(os.getpid(), signal.SIGKILL)
     if op == "allocate_mb":
         return len(bytearray(arg * 1024 * 1024))
+    if op == "map_mb":  # as a worker maps a shared frame
+        with mmap.mmap(-1, arg * 1024 * 1024) as m:
+            return len(m)
     if op == "limits":
         with open("/proc/self/limits") as f:
             return f.read(), dict(os.environ)
