@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from gatewayd import geometry, records
 from gatewayd.config import Config
 from gatewayd.errors import DecodeError, GatewayError, InputTooLarge
@@ -96,10 +98,28 @@ def frame_items(fmt: str, data: bytes, source: str, digest: str, received_at: st
     except GatewayError as exc:
         return [dead(source, digest, received_at, "crs", str(exc), tokens=tokens)]
     points_in = len(frame)
+    outside = _outside_lonlat(frame.xyz) if geometry.is_geographic(crs_from) else None
+    if outside is not None:
+        return [dead(source, digest, received_at, "crs",
+                     f"the points (x {outside[0]:.6g}, y {outside[1]:.6g}, ...) are not "
+                     f"longitude and latitude, as {crs_from} has them: is the source CRS "
+                     f"right?", tokens=tokens)]
     if bbox:
         frame = frame.take(geometry.bbox_select(frame.xyz, bbox))
     return [FrameItem(origin(source, digest, 0, received_at, tokens), frame, crs_from,
                       points_in)]
+
+
+def _outside_lonlat(xyz: np.ndarray) -> tuple[float, float] | None:
+    """A point of the frame, when every point of a sample of it lies outside
+    longitude and latitude's range: a frame of metres under a lon/lat CRS. A
+    stray point out of range is the workers' to drop and count."""
+    sample = xyz[:: max(1, len(xyz) // 1024), :2]
+    sample = sample[np.isfinite(sample).all(axis=1)]
+    if not len(sample):
+        return None
+    inside = (np.abs(sample[:, 0]) <= 360.0) & (np.abs(sample[:, 1]) <= 90.0)
+    return None if inside.any() else (float(sample[0, 0]), float(sample[0, 1]))
 
 
 # ---- GPS ----

@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,9 +38,11 @@ from gatewayd.processing import (
     BlockTask,
     FixResult,
     FixTask,
-    FootprintTask,
+    MergeResult,
+    MergeTask,
     PolygonOutcome,
     PolygonTask,
+    voxel_grid,
 )
 
 logger = logging.getLogger(__name__)
@@ -204,6 +207,7 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: dict[int, list[Output]] = {}
         self._next_emit = 0
+        self._refusals: dict[tuple[str, str], tuple[float, int]] = {}  # last line, held since
 
     # ---- intake ----
 
@@ -293,8 +297,9 @@ class Pipeline:
                     out = await self._frame(first)
                 else:
                     assert isinstance(first, DeadItem)
-                    out = [(self._dead(first.origin, first.reason, first.detail, first.items),
-                            first.origin.tokens)]
+                    o = first.origin
+                    self._log_refused(o.source, first.reason, first.detail)
+                    out = [(self._dead(o, first.reason, first.detail, first.items), o.tokens)]
             except GatewayError as exc:
                 out = self._chunk_failed(batch, exc.reason, str(exc))
             except Exception as exc:  # a bug must cost its chunk, not the pipeline
@@ -323,6 +328,20 @@ class Pipeline:
         self.stats.dead_letters[reason] += 1
         return records.dead_letter(reason, detail, source=o.source, input_sha256=o.input_sha256,
                                    items=items, received_at=o.received_at)
+
+    def _log_refused(self, source: str, reason: str, detail: str) -> None:
+        """One line for a refused input, findable in the journal by reason; a
+        source refused again and again gets one line a minute, with a count."""
+        now = time.monotonic()
+        key = (source, reason)
+        last, held = self._refusals.get(key, (float("-inf"), 0))
+        if now - last < 60.0:
+            self._refusals[key] = (last, held + 1)
+            return
+        self._refusals[key] = (now, 0)
+        more = f" ({held} more since the last line)" if held else ""
+        logger.warning("%s: input refused (%s): %s%s", source, reason, detail, more,
+                       extra={"gatewayd_source": source, "gatewayd_reason": reason})
 
     def _chunk_failed(
         self, batch: list[tuple[int, Item]], reason: str, detail: str
@@ -424,11 +443,13 @@ class Pipeline:
         n = len(frame)
         block = max(1, self.settings.block_points * max(1, self.chunk_size))
         ranges = [(s, min(s + block, n)) for s in range(0, n, block)] or [(0, 0)]
-        shared = self._runner.share(np.ascontiguousarray(frame.xyz, dtype=np.float64))
+        xyz_in = np.ascontiguousarray(frame.xyz, dtype=np.float64)
+        voxel = voxel_grid(self.settings.voxel_size, item.crs_from, self.settings.crs_to, xyz_in)
+        shared = self._runner.share(xyz_in)
         try:
             tasks = [
-                BlockTask(shared, s, e, item.crs_from, self.settings.crs_to,
-                          self.settings.voxel_size, finish=len(ranges) == 1)
+                BlockTask(shared, s, e, item.crs_from, self.settings.crs_to, voxel,
+                          finish=len(ranges) == 1)
                 for s, e in ranges
             ]
             # Every block is awaited before the shared points are released, even
@@ -440,13 +461,18 @@ class Pipeline:
                 if isinstance(r, BaseException):
                     raise r
             blocks = [r for r in results if isinstance(r, BlockResult)]
-            footprint, zones = blocks[0].footprint, blocks[0].zones
+            footprint, zones, bbox = blocks[0].footprint, blocks[0].zones, blocks[0].bbox
+            keep = None
             if len(blocks) > 1:
-                merged = await self._runner.run(
-                    self._chunk_id(),
-                    FootprintTask(np.concatenate([b.hull_lonlat for b in blocks])),
-                )
-                footprint, zones = merged.footprint, merged.zones  # type: ignore[attr-defined]
+                # A voxel two blocks kept is kept once; the box and footprint
+                # are those of what is left.
+                voxels = [b.voxels for b in blocks if b.voxels is not None]
+                merged = await self._runner.run(self._chunk_id(), MergeTask(
+                    shared, tuple((s, len(b.kept)) for (s, _), b in zip(ranges, blocks)),
+                    np.concatenate(voxels) if voxels else None, self.settings.crs_to))
+                assert isinstance(merged, MergeResult)
+                footprint, zones, bbox, keep = (merged.footprint, merged.zones,
+                                                 merged.bbox, merged.keep)
             points = self._runner_array(shared)
             xyz = np.concatenate(
                 [points[s:s + len(b.kept)] for (s, _), b in zip(ranges, blocks)]
@@ -454,10 +480,9 @@ class Pipeline:
         finally:
             self._runner.release(shared)
         kept = np.concatenate([b.kept for b in blocks]) if blocks else np.empty(0, np.int64)
+        if keep is not None:
+            kept, xyz = kept[keep], xyz[keep]
         failed = sum(b.failed for b in blocks)
-        boxes = [b.bbox for b in blocks if b.bbox is not None]
-        bbox = ([min(b[k] for b in boxes) for k in range(3)] +
-                [max(b[k] for b in boxes) for k in range(3, 6)]) if boxes else None
 
         rec = self._base("lidar_frame", item.origin, "voxel_transform_footprint", item.crs_from)
         rec.update({
@@ -465,7 +490,7 @@ class Pipeline:
             "points_out": len(kept),
             "points_failed": failed,
             "crs": self.settings.crs_to,
-            "bbox": bbox,
+            "bbox": list(bbox) if bbox is not None else None,
             "footprint": footprint,
             "zones": list(zones or ()),
         })

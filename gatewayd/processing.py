@@ -31,7 +31,8 @@ __all__ = [
     "BlockTask",
     "FixResult",
     "FixTask",
-    "FootprintTask",
+    "MergeResult",
+    "MergeTask",
     "PolygonOutcome",
     "PolygonTask",
     "WorkerSettings",
@@ -86,7 +87,7 @@ class BlockTask:
     stop: int
     crs_from: str
     crs_to: str
-    voxel_size: float
+    voxel_size: float  # in the grid's units (see ``voxel_grid``): degrees for lon/lat
     finish: bool  # the frame is this one block: make its footprint here
 
 
@@ -95,18 +96,29 @@ class BlockResult:
     kept: np.ndarray  # frame indices of the kept points, in order
     failed: int  # points PROJ could not transform (dropped)
     bbox: tuple[float, ...] | None  # minx, miny, minz, maxx, maxy, maxz in crs_to
-    hull_lonlat: np.ndarray  # vertices of this block's hull, lon/lat
     footprint: dict[str, Any] | None = None
     zones: tuple[str, ...] | None = None
+    # The voxels of the kept points, (K, 3): for merging the blocks of a frame.
+    voxels: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class FootprintTask:
-    hull_lonlat: np.ndarray
+class MergeTask:
+    """The blocks of one frame, done: a voxel kept by two blocks is kept once
+    (by the first), and the frame's box and footprint are made from what is
+    left. ``spans`` are (start, kept) of each block in the shared points,
+    where its kept points lie transformed; ``voxels`` are theirs, in order."""
+
+    points: Any
+    spans: tuple[tuple[int, int], ...]
+    voxels: np.ndarray | None  # None: no voxel grid, nothing to merge
+    crs_to: str
 
 
 @dataclass(frozen=True, slots=True)
-class FootprintResult:
+class MergeResult:
+    keep: np.ndarray | None  # over the blocks' kept points, in order; None: all
+    bbox: tuple[float, ...] | None
     footprint: dict[str, Any] | None
     zones: tuple[str, ...]
 
@@ -152,9 +164,8 @@ def handle(task: object) -> object:
         return _polygons(task)
     if isinstance(task, BlockTask):
         return handle_block(task, task.points.array())
-    if isinstance(task, FootprintTask):
-        footprint, zones = _footprint(task.hull_lonlat)
-        return FootprintResult(footprint, zones)
+    if isinstance(task, MergeTask):
+        return merge_blocks(task, task.points.array())
     raise TypeError(f"unknown task {type(task).__name__}")
 
 
@@ -194,51 +205,93 @@ def _polygons(task: PolygonTask) -> list[PolygonOutcome]:
     return out
 
 
+def voxel_grid(size: float, crs_from: str, crs_to: str, lonlat: np.ndarray) -> float:
+    """The voxel edge in the units of the CRS the grid is laid in: metres as
+    given when either side is projected; for lon/lat on both sides, degrees at
+    the frame's latitude (from a sample of ``lonlat``), one size for all of a
+    frame's blocks so that they share one grid."""
+    if size > 0 and geometry.is_geographic(crs_from) and geometry.is_geographic(crs_to):
+        return _degrees(size, lonlat[:: max(1, len(lonlat) // 4096)])
+    return size
+
+
 def handle_block(task: BlockTask, points: np.ndarray) -> BlockResult:
     """Voxel-downsamples, transforms and outlines one block of a frame.
 
     ``points`` is the whole frame's (N, 3) shared array. The kept points of
     the block are written, transformed, to the front of the block's range.
     The voxel grid is laid in whichever CRS measures metres: the source if it
-    is projected, else the target; for lon/lat on both sides the voxel edge
-    is converted to degrees at the block's latitude.
+    is projected, else the target (for lon/lat on both sides the pipeline
+    gives the edge in degrees). A block of a larger frame returns its kept
+    voxels for ``merge_blocks``, and leaves the outline to it.
     """
     block = points[task.start:task.stop]
     src_geographic = geometry.is_geographic(task.crs_from)
     dst_geographic = geometry.is_geographic(task.crs_to)
     size = task.voxel_size
     failed = 0
+    if src_geographic:
+        # Out of longitude and latitude's range: no PROJ call may catch it
+        # (lon/lat to lon/lat is none), so it is dropped and counted here.
+        outside = (np.abs(block[:, 0]) > 360.0) | (np.abs(block[:, 1]) > 90.0)
+        if outside.any():
+            block[outside] = np.nan
+            failed += int(outside.sum())
     if size > 0 and src_geographic and not dst_geographic:
         failed += geometry.transform(block, task.crs_from, task.crs_to, inplace=True).failed
         kept = geometry.voxel_select(block, size)
         compact = np.ascontiguousarray(block[kept])
+        grid = compact
     else:
-        if size > 0 and src_geographic:
-            size = _degrees(size, block)
         kept = geometry.voxel_select(block, size)
         compact = np.ascontiguousarray(block[kept])
+        grid = compact.copy() if size > 0 and not task.finish else compact
         failed += geometry.transform(compact, task.crs_from, task.crs_to, inplace=True).failed
+    voxels = _voxels(grid, size) if size > 0 and not task.finish else None
     if failed:
         finite = np.isfinite(compact).all(axis=1)
         kept, compact = kept[finite], np.ascontiguousarray(compact[finite])
+        if voxels is not None:
+            voxels = voxels[finite]
     block[: len(compact)] = compact
 
-    if len(compact):
-        bbox: tuple[float, ...] | None = tuple(
-            float(v) for v in (*compact.min(axis=0), *compact.max(axis=0))
-        )
-        hull = geometry.convex_hull(compact)
-        hull_lonlat = (
-            hull if dst_geographic
-            else geometry.transform(hull, task.crs_to, LONLAT).points
-        )
-    else:
-        bbox, hull_lonlat = None, np.empty((0, 2))
-    result = BlockResult(kept + task.start, failed, bbox, hull_lonlat)
-    if task.finish:
-        footprint, zones = _footprint(hull_lonlat)
-        result = BlockResult(result.kept, failed, bbox, hull_lonlat, footprint, zones)
-    return result
+    if not task.finish:
+        return BlockResult(kept + task.start, failed, None, voxels=voxels)
+    bbox, footprint, zones = _outline(compact, task.crs_to, dst_geographic)
+    return BlockResult(kept + task.start, failed, bbox, footprint, zones)
+
+
+def _voxels(points: np.ndarray, size: float) -> np.ndarray:
+    """The voxel of each point, as ``geometry.voxel_select`` lays its grid."""
+    cells = np.floor(points / size)
+    np.clip(cells, -4.0e18, 4.0e18, out=cells)
+    return cells.astype(np.int64)
+
+
+def merge_blocks(task: MergeTask, points: np.ndarray) -> MergeResult:
+    parts = [points[start:start + kept] for start, kept in task.spans]
+    xyz = np.concatenate(parts) if parts else np.empty((0, 3))
+    keep = None
+    if task.voxels is not None and len(task.voxels):
+        cells = np.ascontiguousarray(task.voxels, dtype=np.int64)
+        _, first = np.unique(cells.view(np.dtype((np.void, 24))).ravel(), return_index=True)
+        keep = np.zeros(len(cells), dtype=bool)
+        keep[first] = True
+        xyz = xyz[keep]
+    bbox, footprint, zones = _outline(xyz, task.crs_to, geometry.is_geographic(task.crs_to))
+    return MergeResult(keep, bbox, footprint, zones)
+
+
+def _outline(xyz: np.ndarray, crs_to: str, dst_geographic: bool
+             ) -> tuple[tuple[float, ...] | None, dict[str, Any] | None, tuple[str, ...]]:
+    """A frame's box in its CRS, and its footprint (lon/lat) and zones."""
+    if not len(xyz):
+        return None, None, ()
+    bbox = tuple(float(v) for v in (*xyz.min(axis=0), *xyz.max(axis=0)))
+    hull = geometry.convex_hull(np.ascontiguousarray(xyz))
+    hull_lonlat = hull if dst_geographic else geometry.transform(hull, crs_to, LONLAT).points
+    footprint, zones = _footprint(hull_lonlat)
+    return bbox, footprint, zones
 
 
 def _degrees(metres: float, lonlat: np.ndarray) -> float:

@@ -123,14 +123,61 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+class _Progress:
+    """A one-line progress bar on stderr (a terminal): bytes read of all
+    inputs, records out, time so far; redrawn at most ten times a second."""
+
+    _WIDTH = 24
+
+    def __init__(self, total_bytes: int, stream: IO[str] | None) -> None:
+        self.total = max(1, total_bytes)
+        self.stream = stream
+        self.done = 0
+        self.records = 0
+        self.name = ""
+        self._started = time.monotonic()
+        self._drawn = 0.0
+
+    def read(self, name: str, n: int) -> None:
+        self.name = name
+        self.done += n
+        self.draw()
+
+    def draw(self, *, final: bool = False) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if not final and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        share = min(1.0, self.done / self.total)
+        filled = int(share * self._WIDTH)
+        bar = "#" * filled + "." * (self._WIDTH - filled)
+        line = (f"\r{self.name[:24]:24} {share * 100:3.0f}% [{bar}] "
+                f"{_size(self.done)}/{_size(self.total)}  {self.records:,} records  "
+                f"{now - self._started:5.1f} s")
+        self.stream.write(line + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
 class _Replay:
     def __init__(self, config: Config, options: ReplayOptions, pipeline: Pipeline,
-                 summary: ReplaySummary, pool: _PoolOnDemand) -> None:
+                 summary: ReplaySummary, pool: _PoolOnDemand, progress: _Progress) -> None:
         self.config = config
         self.options = options
         self.pipeline = pipeline
         self.summary = summary
         self.pool = pool
+        self.progress = progress
 
     async def feed(self, path: Path) -> None:
         source = self.options.source or path.stem
@@ -152,10 +199,12 @@ class _Replay:
         limit = self.config.pipeline.max_payload_bytes
         size = path.stat().st_size
         if size > limit:
+            self.progress.read(path.name, size)
             await self._dead(source, digest, received_at, "too_large",
                              f"{path.name}: {size} bytes, over the limit of {limit}")
             return
         data = path.read_bytes()
+        self.progress.read(path.name, len(data))
         if fmt == "geojson":
             await self._geojson(data, source, digest, received_at)
         else:
@@ -190,6 +239,7 @@ class _Replay:
 
         with path.open("rb") as f:
             for block in iter(lambda: f.read(_READ_BLOCK), b""):
+                self.progress.read(path.name, len(block))
                 await put(decoder.feed_block(block))
         await put(decoder.flush_block(), last=True)
         counts = decoder.stats().as_dict()
@@ -243,10 +293,17 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
     summary = ReplaySummary()
     out = options.output or sys.stdout
     started = time.perf_counter()
+    total = 0
+    if options.progress:
+        for path in _inputs(options.inputs):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+    progress = _Progress(total, sys.stderr if options.progress else None)
 
     async def emit(record: dict[str, Any], tokens: tuple[object, ...]) -> None:
         out.write(records.dumps(record) + "\n")
         summary.records += 1
+        progress.records += 1
 
     write_points = None
     if options.points_dir is not None:
@@ -279,13 +336,14 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
         try:
             pipeline = Pipeline(settings, pool, emit, write_points)
             runner = asyncio.create_task(pipeline.run(), name="pipeline")
-            feeder = _Replay(config, options, pipeline, summary, pool)
+            feeder = _Replay(config, options, pipeline, summary, pool, progress)
             try:
                 for path in _inputs(options.inputs):
                     await feeder.feed(path)
             finally:
                 pipeline.close()
                 await runner
+                progress.draw(final=True)
             summary.workers = _stats_dict(pool.stats())
         finally:
             await pool.close()

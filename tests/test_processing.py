@@ -91,18 +91,53 @@ def test_points_that_fail_to_transform_are_dropped_and_counted(zones):
     assert np.isfinite(frame[:2]).all()
 
 
+def test_points_outside_lon_lat_range_are_dropped_and_counted_with_no_transform(zones):
+    frame = np.array([[10.0, 50.0, 1.0], [10.0, 95.0, 1.0], [400.0, 50.0, 1.0],
+                      [10.001, 50.001, 2.0]])
+    task = processing.BlockTask(None, 0, 4, "EPSG:4326", "EPSG:4326", 0.0, True)
+    result = processing.handle_block(task, frame)
+    assert result.failed == 2 and result.kept.tolist() == [0, 3]
+
+
 def test_footprints_of_several_blocks_merge_into_the_frames_hull(zones):
     frame = _utm_frame(3000)
     original = frame.copy()
-    hulls = []
+    spans = []
     for start in range(0, 3000, 1000):
         task = processing.BlockTask(None, start, start + 1000, "EPSG:32632", "EPSG:4326",
                                     0.0, False)
-        hulls.append(processing.handle_block(task, frame).hull_lonlat)
-    merged = processing.handle(processing.FootprintTask(np.concatenate(hulls)))
+        result = processing.handle_block(task, frame)
+        assert result.voxels is None and result.footprint is None  # left to the merge
+        spans.append((start, len(result.kept)))
+    merged = processing.merge_blocks(
+        processing.MergeTask(None, tuple(spans), None, "EPSG:4326"), frame)
+    assert merged.keep is None
     t = pyproj.Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
     lonlat = np.column_stack(t.transform(*original[:, :2].T))
     expected = shapely.convex_hull(shapely.multipoints(lonlat))
     ours = shapely.Polygon(merged.footprint["coordinates"][0])
     assert ours.area == pytest.approx(expected.area, rel=1e-9)
     assert json.loads(json.dumps(merged.footprint))["type"] == "Polygon"
+
+
+def test_a_voxel_kept_by_two_blocks_is_kept_once_by_the_first(zones):
+    rng = np.random.default_rng(4)
+    frame = np.column_stack([513_000 + rng.uniform(0, 3, 4000), 5_403_000 + rng.uniform(0, 3, 4000),
+                             rng.uniform(0, 1, 4000)])
+    original = frame.copy()
+    spans, voxels = [], []
+    for start in range(0, 4000, 1000):
+        task = processing.BlockTask(None, start, start + 1000, "EPSG:32632", "EPSG:32632",
+                                    0.5, False)
+        result = processing.handle_block(task, frame)
+        spans.append((start, len(result.kept)))
+        voxels.append(result.voxels)
+        kept = np.concatenate([result.kept]) if start == 0 else np.concatenate([kept, result.kept])
+    merged = processing.merge_blocks(
+        processing.MergeTask(None, tuple(spans), np.concatenate(voxels), "EPSG:32632"), frame)
+    # The oracle: the first point of each voxel over the whole frame.
+    cells = np.floor(original / 0.5).astype(np.int64)
+    _, first = np.unique(cells, axis=0, return_index=True)
+    assert kept[merged.keep].tolist() == sorted(first.tolist())
+    want = original[np.sort(first)]
+    assert merged.bbox == pytest.approx((*want.min(axis=0), *want.max(axis=0)))
