@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from broker import Broker
@@ -288,6 +289,40 @@ def test_workers_killed_and_hung_cost_only_their_own_chunks(mosquitto, tmp_path,
         for pid in hung:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        pub.close()
+        sub.close()
+        assert daemon.stop() == 0, daemon.output()
+
+
+def test_a_worker_over_its_memory_cap_costs_only_its_own_input(mosquitto, tmp_path, ledger):
+    from test_daemon import _pcd, _publish
+    from test_workers import _address_space_cap_holds
+
+    if not _address_space_cap_holds():
+        pytest.skip("setrlimit(RLIMIT_AS) is accepted but not applied here")
+    # A cap a little above what a worker maps at rest (about 136 MB here).
+    daemon = _daemon(tmp_path, mosquitto.port, "pipeline.worker_memory_mb=160",
+                     "pipeline.max_payload_bytes=100000000", "crs.source=EPSG:32632")
+    pub = Publisher(mosquitto.port)
+    sub = Collector(mosquitto.port)
+    seeds = iter(range(2))
+    try:
+        def greedy_frame() -> None:
+            rng = np.random.default_rng(next(seeds))
+            n = 1_500_000  # 36 MB of points: more than the cap leaves a worker to map
+            frame = np.column_stack([513_000 + rng.uniform(0, 50, n),
+                                     5_403_000 + rng.uniform(0, 50, n), rng.normal(245, 1, n)])
+            _publish(mosquitto.port, f"gatewayd/{GW}/in/lidar/mast", _pcd(frame))
+
+        _stream(pub, 300, 100, {100: greedy_frame, 200: greedy_frame})
+        sub.wait(lambda: sub.marks() >= set(range(300)) and len(sub.dead) >= 2)
+        assert sub.marks() == set(range(300))  # every fix, none dead-lettered
+        assert [d["reason"] for d in sub.dead] == ["memory", "memory"]
+        assert {d["source"] for d in sub.dead} == {"mast"}
+        _same_id_for_each_duplicate(sub.results)
+        _record(ledger, "frames over the memory cap x2", 302, 2, sub)
+        assert len(_pings(daemon)) >= 2 and daemon.process.poll() is None
+    finally:
         pub.close()
         sub.close()
         assert daemon.stop() == 0, daemon.output()

@@ -122,17 +122,18 @@ def test_footprints_of_several_blocks_merge_into_the_frames_hull(zones):
 
 def test_a_voxel_kept_by_two_blocks_is_kept_once_by_the_first(zones):
     rng = np.random.default_rng(4)
-    frame = np.column_stack([513_000 + rng.uniform(0, 3, 4000), 5_403_000 + rng.uniform(0, 3, 4000),
-                             rng.uniform(0, 1, 4000)])
+    frame = np.column_stack([513_000 + rng.uniform(0, 3, 4000),
+                             5_403_000 + rng.uniform(0, 3, 4000), rng.uniform(0, 1, 4000)])
     original = frame.copy()
-    spans, voxels = [], []
+    spans, voxels, kept_parts = [], [], []
     for start in range(0, 4000, 1000):
         task = processing.BlockTask(None, start, start + 1000, "EPSG:32632", "EPSG:32632",
                                     0.5, False)
         result = processing.handle_block(task, frame)
         spans.append((start, len(result.kept)))
         voxels.append(result.voxels)
-        kept = np.concatenate([result.kept]) if start == 0 else np.concatenate([kept, result.kept])
+        kept_parts.append(result.kept)
+    kept = np.concatenate(kept_parts)
     merged = processing.merge_blocks(
         processing.MergeTask(None, tuple(spans), np.concatenate(voxels), "EPSG:32632"), frame)
     # The oracle: the first point of each voxel over the whole frame.
