@@ -196,12 +196,46 @@ def validity(geoms: GeometryArray) -> tuple[np.ndarray, np.ndarray]:
     return valid.astype(bool), texts
 
 
-def make_valid(geoms: GeometryArray) -> GeometryArray:
+class GeometryView(GeometryArray):
+    """Slots taken from other arrays, which keep owning them (and are kept
+    alive by the view)."""
+
+    __slots__ = ("_owners",)
+
+    def __init__(self, ctx: GeosContext, n: int, owners: tuple[GeometryArray, ...]) -> None:
+        super().__init__(ctx, n)
+        self._owners = owners
+
+    def close(self) -> None:
+        self.n = 0  # the owners free the geometries
+
+
+def where(take: np.ndarray, a: GeometryArray, b: GeometryArray) -> GeometryView:
+    """Slot i of ``a`` where ``take[i]``, else of ``b``: a view, nothing copied."""
+    view = GeometryView(a._ctx, a.n, (a, b))
+    pa, pb, out = a.ptrs, b.ptrs, view.ptrs
+    for i, from_a in enumerate(take.tolist()):
+        out[i] = pa[i] if from_a else pb[i]
+        errors = a.build_errors if from_a else b.build_errors
+        if i in errors:
+            view.build_errors[i] = errors[i]
+    return view
+
+
+def make_valid(geoms: GeometryArray, only: np.ndarray | None = None) -> GeometryArray:
+    """Repaired copies; with ``only``, of those slots alone (the others empty)."""
     ctx = geoms._ctx
     out = GeometryArray(ctx, geoms.n)
-    if lib.gw_make_valid(ctx.ptr, geoms.ptrs, geoms.n, out.ptrs) < 0:
+    source = geoms.ptrs
+    if only is not None:
+        # Slots not asked for are handed over as NULL, which the loop skips.
+        source = ffi.new("GEOSGeometry *[]", max(geoms.n, 1))
+        for i in np.flatnonzero(only).tolist():
+            source[i] = geoms.ptrs[i]
+    if lib.gw_make_valid(ctx.ptr, source, geoms.n, out.ptrs) < 0:
         raise GeometryError("make-valid failed", native=ctx.error())
-    for i in range(geoms.n):
+    wanted = range(geoms.n) if only is None else np.flatnonzero(only).tolist()
+    for i in wanted:
         if out.is_null(i):
             out.build_errors[i] = geoms.build_errors.get(i) or ctx.error() or "repair failed"
     ctx.log_notices()
@@ -217,6 +251,30 @@ def area(geoms: GeometryArray) -> np.ndarray:
 def geodesic_area(geoms: GeometryArray, a: float, f: float) -> np.ndarray:
     out = np.empty(geoms.n, dtype=np.float64)
     lib.gw_geodesic_area(geoms._ctx.ptr, geoms.ptrs, geoms.n, a, f, _doubles(out))
+    return out
+
+
+def to_geojson_all(geoms: GeometryArray) -> list[str | None]:
+    """Every geometry as GeoJSON text (None where there is none), one writer."""
+    ctx = geoms._ctx
+    handle = ctx.ptr.handle
+    ptrs = geoms.ptrs
+    out: list[str | None] = []
+    writer = lib.GEOSGeoJSONWriter_create_r(handle)
+    try:
+        for i in range(geoms.n):
+            if ptrs[i] == ffi.NULL:
+                out.append(None)
+                continue
+            text = lib.GEOSGeoJSONWriter_writeGeometry_r(handle, writer, ptrs[i], -1)
+            if text == ffi.NULL:
+                raise GeometryError("cannot write GeoJSON", native=ctx.error())
+            try:
+                out.append(ffi.string(text).decode())
+            finally:
+                lib.GEOSFree_r(handle, text)
+    finally:
+        lib.GEOSGeoJSONWriter_destroy_r(handle, writer)
     return out
 
 

@@ -67,30 +67,55 @@ def _loads(text: str) -> Any:
         raise DecodeError(f"not valid JSON: {exc}") from None
 
 
+_NUMBER = (int, float)
+
+
 def _ring(raw: Any, budget: list[int]) -> np.ndarray:
     if not isinstance(raw, list) or len(raw) < 3:
         raise _Refused("a ring needs at least 3 positions")
     budget[0] -= len(raw)
     if budget[0] < 0:
         raise _Refused("too many vertices", "too_large")
-    out = np.empty((len(raw), 2), dtype=np.float64)
-    for k, position in enumerate(raw):
-        if not isinstance(position, list) or not 2 <= len(position) <= 4:
-            raise _Refused(f"position {k} is not [lon, lat]")
-        lon, lat = position[0], position[1]
-        if isinstance(lon, bool) or isinstance(lat, bool) or \
-                not isinstance(lon, int | float) or not isinstance(lat, int | float):
-            raise _Refused(f"position {k} has a non-numeric coordinate")
+    # Checked a ring at a time, not a position at a time: the common ring of
+    # [lon, lat] pairs of floats costs a few C loops; anything else is found
+    # exactly by _position below, which names what is wrong with it.
+    if all(type(p) is list and len(p) == 2 for p in raw):
+        pairs = raw
+    elif all(type(p) is list and 2 <= len(p) <= 4 for p in raw):
+        pairs = [p[:2] for p in raw]
+    else:
+        pairs = None
+    if pairs is not None and {type(v) for p in pairs for v in p} <= {float, int}:
         try:
-            finite = math.isfinite(lon) and math.isfinite(lat)
+            out = np.array(pairs, dtype=np.float64)
         except OverflowError:  # an integer of hundreds of digits
-            finite = False
-        if not finite:
-            raise _Refused(f"position {k} is not finite")
-        if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-            raise _Refused(f"position {k} ({lon}, {lat}) is outside longitude/latitude range")
-        out[k] = (lon, lat)
-    return out
+            out = None
+        if out is not None:
+            lon, lat = out[:, 0], out[:, 1]
+            ok = (np.abs(lon) <= 180.0) & (np.abs(lat) <= 90.0)  # NaN is never ok
+            if ok.all():
+                return out
+    for k, position in enumerate(raw):
+        _position(k, position)
+    raise AssertionError("a refused ring names its position")  # pragma: no cover
+
+
+def _position(k: int, position: Any) -> None:
+    """Raises _Refused naming what is wrong with position ``k``, if anything."""
+    if not isinstance(position, list) or not 2 <= len(position) <= 4:
+        raise _Refused(f"position {k} is not [lon, lat]")
+    lon, lat = position[0], position[1]
+    if isinstance(lon, bool) or isinstance(lat, bool) or \
+            not isinstance(lon, _NUMBER) or not isinstance(lat, _NUMBER):
+        raise _Refused(f"position {k} has a non-numeric coordinate")
+    try:
+        finite = math.isfinite(lon) and math.isfinite(lat)
+    except OverflowError:  # an integer of hundreds of digits
+        finite = False
+    if not finite:
+        raise _Refused(f"position {k} is not finite")
+    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        raise _Refused(f"position {k} ({lon}, {lat}) is outside longitude/latitude range")
 
 
 def _polygon(raw: Any, budget: list[int]) -> tuple[np.ndarray, ...]:

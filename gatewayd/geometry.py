@@ -145,9 +145,20 @@ class Polygons:
         texts = ["" if ok else r.decode("utf-8", "replace") for ok, r in zip(valid, reasons)]
         return valid, texts
 
-    def make_valid(self) -> Polygons:
-        """Repaired copies (GEOS make-valid, structure method, polygonal output)."""
-        return Polygons(_geos.make_valid(self._geoms))
+    def make_valid(self, only: np.ndarray | None = None) -> Polygons:
+        """Repaired copies (GEOS make-valid, structure method, polygonal output);
+        with ``only`` (a mask), of those alone, the others left empty."""
+        mask = None if only is None else np.asarray(only, dtype=bool)
+        if mask is not None and mask.shape != (len(self),):
+            raise ValueError("make_valid: the mask needs one flag per geometry")
+        return Polygons(_geos.make_valid(self._geoms, mask))
+
+    def where(self, take: np.ndarray, other: Polygons) -> Polygons:
+        """Geometry i of this batch where ``take[i]``, else of ``other``."""
+        mask = np.asarray(take, dtype=bool)
+        if mask.shape != (len(self),) or len(other) != len(self):
+            raise ValueError("where: both batches and the mask need the same length")
+        return Polygons(_geos.where(mask, self._geoms, other._geoms))
 
     def area(self) -> np.ndarray:
         """Planar area in the units of the coordinates squared."""
@@ -160,6 +171,10 @@ class Polygons:
     def geojson(self, i: int) -> str | None:
         """Geometry ``i`` as GeoJSON text (None if it could not be built)."""
         return _geos.to_geojson(self._geoms, i)
+
+    def geojson_all(self) -> list[str | None]:
+        """Every geometry as GeoJSON text (None where one could not be built)."""
+        return _geos.to_geojson_all(self._geoms)
 
 
 def _check_offsets(offsets: np.ndarray, limit: int, name: str) -> None:

@@ -416,20 +416,28 @@ class Pipeline:
         arrays = geometry.pack([list(i.parts) for i in items], [i.multi for i in items])
         result = await self._runner.run(self._chunk_id(), PolygonTask(*arrays))
         assert isinstance(result, list)
-        out = []
+        out: list[Output] = []
         for item, outcome in zip(items, result):
             assert isinstance(outcome, PolygonOutcome)
-            rec = self._base("polygon", item.origin, "validate_repair_area")
-            rec["lineage"]["crs_to"] = "EPSG:4326"
-            rec.update({
+            head = self._base("polygon", item.origin, "validate_repair_area")
+            head["lineage"]["crs_to"] = "EPSG:4326"
+            head.update({
                 "feature_id": item.feature_id,
                 "valid": outcome.valid,
                 "reason": outcome.reason or None,
-                "geometry": records.json_value(outcome.geometry),
+            })
+            tail = {
                 "repaired": outcome.repaired,
                 "area_m2": outcome.area_m2,
                 "zones": list(outcome.zones),
-            })
+            }
+            # GEOS wrote the geometry's JSON: it goes into the line as it is,
+            # neither parsed nor encoded again here.
+            text = outcome.geometry
+            line = (f'{records.dumps(head)[:-1]},"geometry":{text or "null"},'
+                    f'{records.dumps(tail)[1:]}')
+            rec = records.Record(
+                {**head, "geometry": records.JsonText(text) if text else None, **tail}, line)
             self.stats.polygons += 1
             self.stats.invalid_polygons += not outcome.valid
             self.stats.repaired_polygons += outcome.repaired

@@ -73,7 +73,7 @@ class PolygonOutcome:
     valid: bool
     reason: str
     repaired: bool
-    geometry: str | None  # GeoJSON text, repaired when invalid
+    geometry: str | None  # GeoJSON text (GEOS's), repaired when invalid
     area_m2: float | None
     zones: tuple[str, ...]
 
@@ -181,24 +181,22 @@ def _fixes(task: FixTask) -> FixResult:
 def _polygons(task: PolygonTask) -> list[PolygonOutcome]:
     polygons = geometry.Polygons.from_ragged(task)
     valid, reasons = polygons.validity()
-    fixed = polygons if valid.all() else polygons.make_valid()
-    areas = np.where(valid, polygons.geodesic_area(), fixed.geodesic_area())
+    # Only what is invalid is repaired; the rest is written as it came.
+    final = polygons if valid.all() else polygons.where(valid, polygons.make_valid(~valid))
+    areas = final.geodesic_area()
     zones: list[tuple[str, ...]] = [() for _ in range(len(polygons))]
     if _state.zones is not None:
-        as_given = _state.zones.zones_of_polygons(polygons)
-        as_fixed = as_given if fixed is polygons else _state.zones.zones_of_polygons(fixed)
-        zones = [a if ok else b for ok, a, b in zip(valid, as_given, as_fixed)]
+        zones = _state.zones.zones_of_polygons(final)
     out = []
-    for i, ok in enumerate(valid):
-        geojson = (polygons if ok else fixed).geojson(i)
+    for i, (ok, text) in enumerate(zip(valid.tolist(), final.geojson_all())):
         area = float(areas[i])
         out.append(
             PolygonOutcome(
-                valid=bool(ok),
+                valid=ok,
                 reason=reasons[i],
-                repaired=not ok and geojson is not None,
-                geometry=geojson,
-                area_m2=area if geojson is not None and math.isfinite(area) else None,
+                repaired=not ok and text is not None,
+                geometry=text,
+                area_m2=area if text is not None and math.isfinite(area) else None,
                 zones=zones[i],
             )
         )

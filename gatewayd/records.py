@@ -12,7 +12,7 @@ import hashlib
 import json
 import json.encoder
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,13 +21,13 @@ from gatewayd import __version__
 
 __all__ = [
     "DEAD_LETTER_REASONS",
+    "JsonText",
     "Lineage",
     "Record",
     "dead_letter",
     "dumps",
     "dumps_value",
     "input_digest",
-    "json_value",
     "record_id",
     "record_ids",
     "utc_now",
@@ -128,7 +128,48 @@ def dead_letter(
     return rec
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+class JsonText(Mapping[str, Any]):
+    """A JSON object kept as the text it came as (a geometry GEOS wrote, say)
+    and parsed only when read: a record's line takes the text as it is, so
+    the object is neither parsed nor encoded again on its way out."""
+
+    __slots__ = ("_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value: dict[str, Any] | None = None
+
+    def value(self) -> dict[str, Any]:
+        if self._value is None:
+            parsed = json.loads(self.text)
+            if not isinstance(parsed, dict):
+                raise ValueError("JsonText holds a JSON object")
+            self._value = parsed
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.value()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.value())
+
+    def __len__(self) -> int:
+        return len(self.value())
+
+    def __repr__(self) -> str:
+        return f"JsonText({self.text!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return JsonText, (self.text,)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, JsonText):
+        return value.value()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default)
 # json.dumps builds an encoder per call, which costs as much as encoding a fix
 # record: one is kept instead, json's own C encoder where there is one. It
 # skips the check for circular references, which records, trees made here,
@@ -180,8 +221,3 @@ def dumps(record: Mapping[str, Any]) -> str:
     if _encode is not None and type(record) is dict:
         return "".join(_encode(record, 0))
     return _ENCODER.encode(record)
-
-
-def json_value(text: str | None) -> Any:
-    """GeoJSON (or any JSON) text from GEOS as a value to embed in a record."""
-    return json.loads(text) if text else None
