@@ -319,6 +319,9 @@ class WorkerPool:
         self._last_replace_s: float | None = None
         self._replace_started: dict[int, float] = {}
         self._on_chunk = on_chunk  # seconds from handing a chunk over to its result
+        self._early_deaths = 0  # workers in a row that died before they were ready
+        self._entered_ready = False
+        self._early_exit = ""
 
     # ---- lifecycle ----
 
@@ -338,6 +341,7 @@ class WorkerPool:
         for _ in range(self.size):
             self._start_worker()
         await self._wait_ready()
+        self._entered_ready = True
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -372,12 +376,19 @@ class WorkerPool:
         if not self._closing:
             self._start_worker()
 
+    def _start_unless_closing(self) -> None:
+        if not self._closing:
+            self._start_worker()
+
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + 60
         while True:
-            if not self._workers:
+            if not self._workers and not self._early_deaths:
                 raise WorkerError("every worker failed to start (see the log for why)")
-            if all(w.ready for w in self._workers.values()):
+            if self._early_deaths >= max(3, 2 * self.size):
+                raise WorkerError(f"workers keep dying before they are ready: the last "
+                                  f"{self._early_exit}")
+            if len(self._workers) >= self.size and all(w.ready for w in self._workers.values()):
                 return
             if time.monotonic() > deadline:
                 raise WorkerError("workers did not start within 60 s")
@@ -457,6 +468,7 @@ class WorkerPool:
         kind = message[0]
         if kind == "ready":
             worker.ready = True
+            self._early_deaths = 0
             started = self._replace_started.pop(worker.pid, None)
             if started is not None:
                 self._last_replace_s = time.monotonic() - started
@@ -466,6 +478,15 @@ class WorkerPool:
         if kind == "init_failed":
             logger.error("worker %d failed to start: %s", worker.pid, message[1])
             self._kill(worker)
+            if self._entered_ready and not self._closing:
+                # While running (new settings after a reload, say), the pool
+                # must not shrink for good: try again, backing off.
+                self._early_deaths += 1
+                self._early_exit = f"failed to start: {message[1]}"
+                self._counts["restarts"] += 1
+                assert self._loop is not None
+                self._loop.call_later(min(30.0, 0.05 * 2 ** min(self._early_deaths - 1, 10)),
+                                      self._start_unless_closing)
             return
         chunk = worker.chunk
         if chunk is None or chunk[0] != message[1]:
@@ -503,6 +524,21 @@ class WorkerPool:
             worker.process.close()
         if chunk is not None and not chunk[1].done():
             chunk[1].set_result(("died", (_describe_exit(code),)))
+        if not self._closing and not worker.ready:
+            # Died before it was ready: whatever kills it at start will kill
+            # the next one too. Back off, so that a broken worker does not
+            # become a storm of processes on a hot SoC.
+            self._early_deaths += 1
+            self._early_exit = _describe_exit(code)
+            delay = min(30.0, 0.05 * 2 ** min(self._early_deaths - 1, 10))
+            logger.warning("worker %d %s before it was ready; another in %.2f s", worker.pid,
+                           self._early_exit, delay,
+                           extra={"gatewayd_worker_pid": worker.pid,
+                                  "gatewayd_reason": "worker_died"})
+            self._counts["restarts"] += 1
+            assert self._loop is not None
+            self._loop.call_later(delay, self._start_unless_closing)
+            return
         if not self._closing:
             if worker.leaving and code == 0:
                 logger.info("worker %d left after running out of memory; starting another",

@@ -278,6 +278,38 @@ def test_an_initializer_that_fails_everywhere_is_a_clear_error():
     run(main())
 
 
+def test_workers_dying_as_they_start_fail_the_pool_soon_without_a_storm():
+    from gatewayd.errors import WorkerError
+
+    async def main():
+        p = WorkerPool(size=2, handler=HANDLER, init="worker_tasks:init", init_args=("die",),
+                       memory_limit_mb=300)
+        started = time.monotonic()
+        with pytest.raises(WorkerError, match=r"before they are ready.*status 3"):
+            await p.__aenter__()
+        elapsed = time.monotonic() - started
+        restarts = p.stats().restarts
+        await p.close()
+        return elapsed, restarts
+
+    elapsed, restarts = run(main())
+    assert elapsed < 30 and restarts <= 4  # backed off, not hundreds of processes
+
+
+@pytest.mark.parametrize("broken", ["die", "refuse"])
+def test_settings_workers_cannot_start_with_are_retried_backing_off_and_undone(broken):
+    async def main():
+        async with pool(size=1) as p:
+            p.reconfigure((broken,))
+            await asyncio.sleep(1.5)
+            restarts = p.stats().restarts
+            assert 2 <= restarts <= 8  # retried, backing off: not a storm
+            p.reconfigure(("t",))  # the settings made good again: the pool recovers
+            assert (await asyncio.wait_for(p.run("e", ("echo", 1)), 40))[2] == 1
+
+    run(main())
+
+
 def test_reconfigure_replaces_every_worker_and_loses_no_chunk():
     async def main():
         async with pool() as p:

@@ -15,6 +15,10 @@ _state: dict[str, Any] = {}
 
 
 def init(tag: str) -> None:
+    if tag == "die":  # as a worker killed while it starts (a bad library, say)
+        os._exit(3)
+    if tag == "refuse":
+        raise RuntimeError("cannot start with these settings")
     _state["tag"] = tag
 
 
