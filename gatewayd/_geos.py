@@ -20,7 +20,7 @@ from gatewayd.errors import GeometryError, NativeError
 
 logger = logging.getLogger(__name__)
 
-_ABI_VERSION = 2  # 2: gw_nmea_decode
+_ABI_VERSION = 3  # 2: gw_nmea_decode; 3: zones read from ragged arrays in place
 if lib.gw_abi_version() != _ABI_VERSION:  # pragma: no cover - a stale build
     raise ImportError(
         f"gatewayd._native has ABI {lib.gw_abi_version()}, expected {_ABI_VERSION}: rebuild it"
@@ -321,16 +321,21 @@ def _take_pairs(out: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ZoneTree:
-    """Prepared zone polygons in an STRtree, owned by one process."""
+    """Zone polygons in an STRtree, owned by one process. The polygons are
+    read where they lie, in ragged arrays (memory-mapped ones, say), which
+    the tree keeps alive and never copies."""
 
-    __slots__ = ("_ctx", "_ptr", "n")
+    __slots__ = ("_arrays", "_ctx", "_ptr", "n")
 
-    def __init__(self, geoms: GeometryArray) -> None:
-        self._ctx = geoms._ctx
-        self.n = geoms.n
-        ptr = lib.gw_zones_new(self._ctx.ptr, geoms.release(), self.n)
+    def __init__(self, coords: np.ndarray, ring_offsets: np.ndarray,
+                 polygon_offsets: np.ndarray, part_offsets: np.ndarray) -> None:
+        self._ctx = context()
+        self.n = len(part_offsets) - 1
+        self._arrays = (coords, ring_offsets, polygon_offsets, part_offsets)
+        ptr = lib.gw_zones_new(self._ctx.ptr, _doubles(coords), _int64s(ring_offsets),
+                               _int64s(polygon_offsets), _int64s(part_offsets), self.n)
         if ptr == ffi.NULL:
-            raise GeometryError("could not build the zone index", native=self._ctx.error())
+            raise GeometryError("could not build the zone index: out of memory")
         self._ptr: Any = ptr
 
     def locate(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import before a fork; nothing native is created at import time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
@@ -27,6 +28,7 @@ __all__ = [
     "is_geographic",
     "library_versions",
     "transform",
+    "valid_zones",
     "voxel_select",
 ]
 
@@ -223,16 +225,70 @@ def pack(
     )
 
 
+def valid_zones(arrays: RaggedArrays) -> RaggedArrays:
+    """Zone polygons ready for a ZoneIndex: the valid ones as they are, the
+    invalid ones repaired (GEOS make-valid, structure method), and those that
+    cannot be built or repaired left with no polygon (never matching)."""
+    polygons = Polygons.from_ragged(arrays)
+    valid, _ = polygons.validity()
+    if valid.all():
+        return arrays
+    repaired = polygons.make_valid(~valid).geojson_all()
+    geometries = []
+    for i, ok in enumerate(valid.tolist()):
+        geometries.append(_rings_of(arrays, i) if ok else _rings_of_geojson(repaired[i]))
+    return pack(geometries, [len(g) != 1 for g in geometries])
+
+
+def _rings_of(arrays: RaggedArrays, i: int) -> list[list[np.ndarray]]:
+    """Geometry ``i`` of ragged arrays as polygons of ring arrays (views)."""
+    out = []
+    for p in range(int(arrays.part_offsets[i]), int(arrays.part_offsets[i + 1])):
+        rings = range(int(arrays.polygon_offsets[p]), int(arrays.polygon_offsets[p + 1]))
+        out.append([arrays.coords[arrays.ring_offsets[r]:arrays.ring_offsets[r + 1], :2]
+                    for r in rings])
+    return out
+
+
+def _rings_of_geojson(text: str | None) -> list[list[np.ndarray]]:
+    if not text:
+        return []
+    geom = json.loads(text)
+    polygons = {"Polygon": [geom.get("coordinates")],
+                "MultiPolygon": geom.get("coordinates")}.get(geom.get("type"), [])
+    return [[np.asarray(ring, dtype=np.float64)[:, :2] for ring in polygon]
+            for polygon in polygons or [] if polygon]
+
+
 class ZoneIndex:
-    """Named zone polygons, prepared and in an STRtree; one per worker process."""
+    """Named zone polygons in an STRtree; one per worker process.
+
+    The polygons stay where they are, in ``arrays`` (memory-mapped from a file
+    every worker shares, say): the index reads them in place and copies none.
+    They must be valid, as ``valid_zones`` makes them."""
 
     __slots__ = ("_tree", "names")
 
-    def __init__(self, polygons: Polygons, names: Sequence[str]) -> None:
-        if len(names) != len(polygons):
+    def __init__(self, arrays: RaggedArrays, names: Sequence[str]) -> None:
+        coords = arrays.coords
+        if coords.ndim != 2 or coords.shape[1] != 2 or coords.dtype != np.float64 or \
+                not coords.flags.c_contiguous:
+            coords = np.ascontiguousarray(np.asarray(coords, dtype=np.float64)[:, :2])
+        offsets = [np.ascontiguousarray(a, dtype=np.int64) for a in
+                   (arrays.ring_offsets, arrays.polygon_offsets, arrays.part_offsets)]
+        _check_offsets(offsets[0], len(coords), "ring_offsets")
+        _check_offsets(offsets[1], len(offsets[0]) - 1, "polygon_offsets")
+        _check_offsets(offsets[2], len(offsets[1]) - 1, "part_offsets")
+        if len(names) != len(offsets[2]) - 1:
             raise ValueError("one name per zone polygon")
         self.names = tuple(names)
-        self._tree = _geos.ZoneTree(polygons._geoms)
+        self._tree = _geos.ZoneTree(coords, *offsets)
+
+    @classmethod
+    def of(cls, polygons: Sequence[Sequence[Sequence[np.ndarray]]], names: Sequence[str]
+           ) -> ZoneIndex:
+        """From nested lists (geometry → polygons → rings), repaired as needed."""
+        return cls(valid_zones(pack(polygons)), names)
 
     def __len__(self) -> int:
         return len(self.names)

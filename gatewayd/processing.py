@@ -131,8 +131,10 @@ _state = _State()
 
 
 def save_zones(zones_dir: Path, arrays: Any, names: list[str]) -> None:
-    """Writes zone polygons (ragged arrays) where workers memory-map them."""
+    """Writes zone polygons (ragged arrays) where workers memory-map them,
+    repaired once here rather than in every worker."""
     zones_dir.mkdir(parents=True, exist_ok=True)
+    arrays = geometry.valid_zones(arrays)
     for field in ("coords", "ring_offsets", "polygon_offsets", "part_offsets", "multi"):
         np.save(zones_dir / f"{field}.npy", np.ascontiguousarray(getattr(arrays, field)))
     (zones_dir / "names.json").write_text(json.dumps(names))
@@ -145,8 +147,7 @@ def _load_zones(zones_dir: str) -> geometry.ZoneIndex:
           ("coords", "ring_offsets", "polygon_offsets", "part_offsets", "multi"))
     )
     names = json.loads((root / "names.json").read_text())
-    polygons = geometry.Polygons.from_ragged(arrays).make_valid()
-    return geometry.ZoneIndex(polygons, names)
+    return geometry.ZoneIndex(arrays, names)  # read in place: shared, not copied
 
 
 def init(settings: WorkerSettings) -> None:

@@ -318,7 +318,7 @@ def _zone_squares(n: int) -> list[list[np.ndarray]]:
 
 def test_point_in_zones_matches_shapely_strtree():
     zones = _zone_squares(400)
-    index = geometry.ZoneIndex(geometry.Polygons.from_rings([[z] for z in zones]),
+    index = geometry.ZoneIndex.of([[z] for z in zones],
                                [f"zone-{i}" for i in range(len(zones))])
     pts = RNG.uniform(-5, 110, (5000, 2))
     # Points exactly on a boundary must count as inside, as intersects says.
@@ -336,7 +336,7 @@ def test_point_in_zones_matches_shapely_strtree():
 def test_zones_of_names_every_zone_a_point_falls_in():
     square = [np.array([(0, 0), (10, 0), (10, 10), (0, 10), (0, 0)], float)]
     inner = [np.array([(2, 2), (4, 2), (4, 4), (2, 4), (2, 2)], float)]
-    index = geometry.ZoneIndex(geometry.Polygons.from_rings([[square], [inner]]),
+    index = geometry.ZoneIndex.of([[square], [inner]],
                                ["yard", "pad"])
     pts = np.array([[3.0, 3.0], [8.0, 8.0], [20.0, 20.0], [np.nan, 3.0]])
     assert index.zones_of(pts) == [("yard", "pad"), ("yard",), (), ()]
@@ -346,9 +346,106 @@ def test_zones_of_names_every_zone_a_point_falls_in():
 def test_an_invalid_or_unbuildable_zone_never_matches_but_keeps_its_place():
     good = [np.array([(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)], float)]
     broken = [np.array([(0.5, 0.5)], float)]
-    index = geometry.ZoneIndex(geometry.Polygons.from_rings([[broken], [good]]),
+    index = geometry.ZoneIndex.of([[broken], [good]],
                                ["broken", "good"])
     assert index.zones_of(np.array([[0.5, 0.5]])) == [("good",)]
+
+
+def _star(centre, rng, vertices=12, hole=False):
+    """A concave star polygon, with a hole at its centre if asked."""
+    angles = np.linspace(0, 2 * np.pi, 2 * vertices, endpoint=False)
+    radii = np.where(np.arange(2 * vertices) % 2 == 0, rng.uniform(4, 6), rng.uniform(1.5, 3))
+    shell = np.column_stack([centre[0] + radii * np.cos(angles),
+                             centre[1] + radii * np.sin(angles)])
+    rings = [np.vstack([shell, shell[:1]])]
+    if hole:
+        sq = np.array([(-0.5, -0.5), (0.5, -0.5), (0.5, 0.5), (-0.5, 0.5), (-0.5, -0.5)]) + centre
+        rings.append(sq[::-1])
+    return rings
+
+
+def _zone_shapes(rng):
+    """Concave zones, zones with holes, multipolygons and one invalid bow tie."""
+    zones, shapes = [], []
+    for i in range(60):
+        centre = rng.uniform(0, 100, 2)
+        rings = _star(centre, rng, hole=i % 3 == 0)
+        if i % 5 == 0:  # a MultiPolygon: the star and a square beside it
+            sq = np.array([(0, 0), (2, 0), (2, 2), (0, 2), (0, 0)], float) + centre + 7
+            zones.append([rings, [sq]])
+            shapes.append(shapely.MultiPolygon([shapely.Polygon(rings[0], rings[1:]),
+                                                shapely.Polygon(sq)]))
+        else:
+            zones.append([rings])
+            shapes.append(shapely.Polygon(rings[0], rings[1:]))
+    bow = np.array([(50, 50), (60, 60), (60, 50), (50, 60), (50, 50)], float)
+    zones.append([[bow]])
+    shapes.append(shapely.make_valid(shapely.Polygon(bow), method="structure",
+                                     keep_collapsed=False))
+    return zones, shapes
+
+
+def test_points_in_concave_holed_multi_and_repaired_zones_match_shapely():
+    rng = np.random.default_rng(8)
+    zones, shapes = _zone_shapes(rng)
+    index = geometry.ZoneIndex.of(zones, [str(i) for i in range(len(zones))])
+    pts = rng.uniform(-5, 105, (20_000, 2))
+    # Points exactly on vertices, on edges' midpoints (collinear) and on holes'
+    # boundaries: all inside, as intersects says.
+    on_edges = []
+    for shape in shapes:
+        for poly in getattr(shape, "geoms", [shape]):
+            for ring in [poly.exterior, *poly.interiors]:
+                c = np.asarray(ring.coords)
+                on_edges += [c[0], (c[1] + c[2]) / 2]
+    pts = np.vstack([pts, on_edges])
+    point_idx, zone_idx = index.locate(pts)
+    tree = shapely.STRtree(shapes)
+    expected = tree.query(shapely.points(pts), predicate="intersects")
+    assert set(zip(point_idx.tolist(), zone_idx.tolist())) == \
+        set(zip(expected[0].tolist(), expected[1].tolist()))
+    assert len(point_idx) > 1000
+
+
+def test_polygons_against_concave_holed_and_repaired_zones_match_shapely():
+    rng = np.random.default_rng(9)
+    zones, shapes = _zone_shapes(rng)
+    index = geometry.ZoneIndex.of(zones, [str(i) for i in range(len(zones))])
+    probes = []
+    for _ in range(400):
+        c = rng.uniform(0, 100, 2)
+        r = rng.uniform(0.05, 3)
+        a = np.sort(rng.uniform(0, 2 * np.pi, 7))
+        ring = np.column_stack([c[0] + r * np.cos(a), c[1] + r * np.sin(a)])
+        probes.append(np.vstack([ring, ring[:1]]))
+    # Inside a hole without touching it; on a hole's boundary; sharing a vertex.
+    star0 = zones[0][0]
+    probes.append(star0[1][:4].mean(axis=0) + np.array(
+        [(-0.1, -0.1), (0.1, -0.1), (0.1, 0.1), (-0.1, 0.1), (-0.1, -0.1)]))
+    probes.append(np.vstack([star0[1][:3], star0[1][:1]]) * 1.0)
+    probes.append(np.array([star0[0][0], star0[0][0] + (3, 0), star0[0][0] + (3, 3),
+                            star0[0][0]]))
+    found = index.zones_of_polygons(geometry.Polygons.from_rings([[[p]] for p in probes]))
+    tree = shapely.STRtree(shapes)
+    expected = tree.query([shapely.Polygon(p) for p in probes], predicate="intersects")
+    theirs: list[set[str]] = [set() for _ in probes]
+    for g, z in zip(*expected):
+        theirs[g].add(str(z))
+    assert [set(f) for f in found] == theirs
+    assert found[-3] == () and found[-2] == ("0",) and "0" in found[-1]
+
+
+def test_workers_read_zones_from_the_shared_file_without_copying_them(tmp_path):
+    from gatewayd import processing
+
+    zones, _ = _zone_shapes(np.random.default_rng(10))
+    arrays = geometry.pack(zones)
+    processing.save_zones(tmp_path, arrays, [str(i) for i in range(len(zones))])
+    index = processing._load_zones(str(tmp_path))
+    mapped = np.load(tmp_path / "coords.npy", mmap_mode="r")
+    held = index._tree._arrays[0]
+    assert isinstance(held, np.memmap) or isinstance(held.base, np.memmap)
+    assert np.array_equal(held, mapped) and not held.flags.writeable
 
 
 # ---- voxels and boxes ----
@@ -415,7 +512,7 @@ def test_validity_on_integer_grids_full_of_touching_and_collinear_cases_matches_
 
 def test_zones_of_polygons_matches_shapely_intersects():
     zones = _zone_squares(300)
-    index = geometry.ZoneIndex(geometry.Polygons.from_rings([[z] for z in zones]),
+    index = geometry.ZoneIndex.of([[z] for z in zones],
                                [str(i) for i in range(len(zones))])
     probes = _random_polygons(200, 8)
     for p in probes:

@@ -18,7 +18,7 @@
 #include <proj.h>
 
 /* Bumped whenever the C API below changes; checked by the Python wrapper. */
-#define GW_ABI_VERSION 2
+#define GW_ABI_VERSION 3
 
 #define GW_MSG_LEN 512
 
@@ -68,7 +68,8 @@ int64_t gw_convex_hull(gw_geos *g, const double *xyz, int64_t n, int dims,
                        double *out, int64_t out_capacity);
 
 /* ---- zones ---- */
-gw_zones *gw_zones_new(gw_geos *g, GEOSGeometry **geoms, int64_t n);
+gw_zones *gw_zones_new(gw_geos *g, const double *coords, const int64_t *ring_offsets,
+                       const int64_t *polygon_offsets, const int64_t *part_offsets, int64_t n);
 void gw_zones_free(gw_zones *z);
 int64_t gw_zones_locate(gw_zones *z, const double *xy, int64_t n, int dims,
                         int64_t **pairs);

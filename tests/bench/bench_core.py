@@ -103,8 +103,7 @@ def bench_zones(table: Table, n_points: int, n_zones: int, repeat: int) -> None:
     w, h = RNG.uniform(1, 10, (2, n_zones))
     rings = np.stack([np.column_stack(c) for c in [
         (x, y), (x + w, y), (x + w, y + h), (x, y + h), (x, y)]], axis=1)
-    zones = geometry.Polygons.from_rings([[[r]] for r in rings])
-    index = geometry.ZoneIndex(zones, [str(i) for i in range(n_zones)])
+    index = geometry.ZoneIndex.of([[[r]] for r in rings], [str(i) for i in range(n_zones)])
     tree = shapely.STRtree(shapely.polygons(rings))
     pts = RNG.uniform(0, 1000, (n_points, 2))
     shapely_points = shapely.points(pts)
