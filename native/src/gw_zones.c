@@ -146,33 +146,39 @@ static int gw_ring_locate(const double *xy, int64_t m, double x, double y)
     return crossings % 2 ? GW_INSIDE : GW_OUTSIDE;
 }
 
+/* Where a point lies against one polygon: rings r0 (the shell) to r1 (its
+ * holes), ring r starting at position starts[r] of xy, ending at starts[r+1]. */
+static int gw_polygon_locate(const double *xy, const int64_t *starts, int64_t r0, int64_t r1,
+                             double x, double y)
+{
+    if (r0 == r1)
+        return GW_OUTSIDE;
+    int where = gw_ring_locate(xy + 2 * starts[r0], starts[r0 + 1] - starts[r0], x, y);
+    if (where != GW_INSIDE)
+        return where;
+    for (int64_t h = r0 + 1; h < r1; h++) {
+        int in_hole = gw_ring_locate(xy + 2 * starts[h], starts[h + 1] - starts[h], x, y);
+        if (in_hole == GW_BOUNDARY)
+            return GW_BOUNDARY;
+        if (in_hole == GW_INSIDE)
+            return GW_OUTSIDE;
+    }
+    return GW_INSIDE;
+}
+
 /* Where a point lies against zone z's geometry (its polygons and holes). */
 static int gw_zone_locate(const gw_zones *z, int64_t zone, double x, double y)
 {
-    const int64_t *rings = z->ring_offsets;
+    int where = GW_OUTSIDE;
     for (int64_t p = z->part_offsets[zone]; p < z->part_offsets[zone + 1]; p++) {
-        int64_t r0 = z->polygon_offsets[p], r1 = z->polygon_offsets[p + 1];
-        if (r0 == r1)
-            continue;
-        int where = gw_ring_locate(z->coords + 2 * rings[r0], rings[r0 + 1] - rings[r0], x, y);
-        if (where != GW_INSIDE) {
-            if (where == GW_BOUNDARY)
-                return GW_BOUNDARY;
-            continue;
-        }
-        for (int64_t h = r0 + 1; h < r1; h++) {
-            int in_hole = gw_ring_locate(z->coords + 2 * rings[h], rings[h + 1] - rings[h], x, y);
-            if (in_hole == GW_BOUNDARY)
-                return GW_BOUNDARY;
-            if (in_hole == GW_INSIDE) {
-                where = GW_OUTSIDE;
-                break;
-            }
-        }
-        if (where == GW_INSIDE)
-            return GW_INSIDE;
+        int here = gw_polygon_locate(z->coords, z->ring_offsets, z->polygon_offsets[p],
+                                     z->polygon_offsets[p + 1], x, y);
+        if (here == GW_BOUNDARY)
+            return GW_BOUNDARY;
+        if (here == GW_INSIDE)
+            where = GW_INSIDE;
     }
-    return GW_OUTSIDE;
+    return where;
 }
 
 static int gw_cmp_cx(const void *a, const void *b)
@@ -470,31 +476,19 @@ fail:
 /* Where a point lies against a query shape's polygons and holes. */
 static int gw_shape_locate(const gw_shape *s, double x, double y)
 {
+    int where = GW_OUTSIDE;
     for (int64_t r = 0; r < s->rings;) {
-        int64_t polygon = s->ring_polygon[r], end = r + 1;
-        while (end < s->rings && s->ring_polygon[end] == polygon)
+        int64_t end = r + 1;
+        while (end < s->rings && s->ring_polygon[end] == s->ring_polygon[r])
             end++;
-        int where = gw_ring_locate(s->xy + 2 * s->ring_start[r],
-                                   s->ring_start[r + 1] - s->ring_start[r], x, y);
-        if (where == GW_BOUNDARY)
+        int here = gw_polygon_locate(s->xy, s->ring_start, r, end, x, y);
+        if (here == GW_BOUNDARY)
             return GW_BOUNDARY;
-        if (where == GW_INSIDE) {
-            for (int64_t h = r + 1; h < end; h++) {
-                int in_hole = gw_ring_locate(s->xy + 2 * s->ring_start[h],
-                                             s->ring_start[h + 1] - s->ring_start[h], x, y);
-                if (in_hole == GW_BOUNDARY)
-                    return GW_BOUNDARY;
-                if (in_hole == GW_INSIDE) {
-                    where = GW_OUTSIDE;
-                    break;
-                }
-            }
-            if (where == GW_INSIDE)
-                return GW_INSIDE;
-        }
+        if (here == GW_INSIDE)
+            where = GW_INSIDE;
         r = end;
     }
-    return GW_OUTSIDE;
+    return where;
 }
 
 static int gw_on_segment(double ax, double ay, double bx, double by, double px, double py)
