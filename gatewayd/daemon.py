@@ -805,7 +805,9 @@ class Daemon:
         assert self._pool is not None
         stack = contextlib.ExitStack()
         try:
-            zones = stack.enter_context(zones_dir(config))
+            # Decoding and repairing a large zone file takes a while: not in
+            # the event loop, whose ticks feed the watchdog.
+            zones = await asyncio.to_thread(stack.enter_context, zones_dir(config))
         except (OSError, GatewayError) as exc:
             stack.close()
             logger.error("reload: zones from %s not loaded (%s); the old zones stay",
