@@ -92,7 +92,8 @@ def drive(rng: random.Random, start: dt.datetime, epochs: int, rate_hz: float = 
         speed = max(0.0, min(16.0, speed + rng.uniform(-0.3, 0.9) * step))
         track = (track + rng.uniform(-6, 6) * step) % 360
         lat += speed * step * math.cos(math.radians(track)) / 111_320
-        lon += speed * step * math.sin(math.radians(track)) / (111_320 * math.cos(math.radians(lat)))
+        east = speed * step * math.sin(math.radians(track))
+        lon += east / (111_320 * math.cos(math.radians(lat)))
         alt += rng.uniform(-0.4, 0.5) * step
         fix = 0 if k < acquire else 2 if k in fix_2d else 3
         yield State(when, lat, lon, alt, speed, track, fix)
@@ -110,8 +111,9 @@ class Sky:
                     for i in ids])
 
     def drift(self, rng: random.Random) -> None:
-        self.sats = [(i, max(1, min(89, e + rng.choice((-1, 0, 0, 1)))), (a + rng.choice((0, 1))) % 360,
-                      max(0, min(50, s + rng.randint(-2, 2)))) for i, e, a, s in self.sats]
+        self.sats = [(i, max(1, min(89, e + rng.choice((-1, 0, 0, 1)))),
+                      (a + rng.choice((0, 1))) % 360, max(0, min(50, s + rng.randint(-2, 2))))
+                     for i, e, a, s in self.sats]
 
     def used(self, k: int = 12) -> list[int]:
         return [i for i, _, _, s in self.sats if s >= 25][:k]
@@ -198,7 +200,8 @@ def ublox(rng: random.Random, rate_hz: float = 1.0, epochs: int = 40) -> bytes:
         else:
             out.append(sentence(f"GNRMC,{t},V,,,,,,,{s.ddmmyy()},,,N,V"))
         if ok:
-            out.append(sentence(f"GNVTG,{s.track:.2f},T,,M,{s.knots:.3f},N,{s.speed * 3.6:.3f},K,A"))
+            out.append(sentence(f"GNVTG,{s.track:.2f},T,,M,{s.knots:.3f},N,{s.speed * 3.6:.3f},"
+                                f"K,A"))
             used = sum(len(sky.used()) for sky, _ in skies.values())
             out.append(sentence(f"GNGGA,{t},{pos},1,{min(used, 12):02d},{hdop:.2f},{s.alt:.1f},M,"
                                 f"44.9,M,,"))
@@ -253,27 +256,31 @@ def ublox_gns(rng: random.Random) -> bytes:
 
 def mediatek(rng: random.Random) -> bytes:
     """MediaTek MT3339 at 9600 baud: $PMTK start-up messages, then GGA GSA GSV
-    RMC VTG with millisecond times, GP talker, mode indicators."""
+    RMC VTG with millisecond times, GP talker, mode indicators; 2D at first,
+    and differential (SBAS) once it has locked on."""
     sky = Sky.of(rng, [3, 6, 14, 16, 19, 22, 26, 31, 32])
     out = [sentence("PMTK011,MTKGPS"), sentence("PMTK010,001"), sentence("PMTK010,002")]
-    for s in drive(rng, dt.datetime(2022, 11, 20, 9, 59, 50, tzinfo=dt.UTC), 40, acquire=4,
-                   lat=25.03, lon=121.56, alt=12.0, fix_2d=range(4, 8)):
+    for k, s in enumerate(drive(rng, dt.datetime(2022, 11, 20, 9, 59, 50, tzinfo=dt.UTC), 40,
+                                acquire=4, lat=25.03, lon=121.56, alt=12.0,
+                                fix_2d=range(4, 8))):
         sky.drift(rng)
         t = s.hhmmss(3)
+        quality, faa = ("2", "D") if k >= 20 else ("1", "A")
         pdop, hdop, vdop = _dops(rng, s.fix)
         used = sky.used() if s.fix == 3 else sky.used()[:3] if s.fix else []
         if s.fix:
             alt = f"{s.alt:.1f}" if s.fix == 3 else ""
-            out.append(sentence(f"GPGGA,{t},{s.latlon(4)},1,{len(used):02d},{hdop:.2f},{alt},M,"
-                                f"15.2,M,,"))
+            out.append(sentence(f"GPGGA,{t},{s.latlon(4)},{quality},{len(used):02d},{hdop:.2f},"
+                                f"{alt},M,15.2,M,,"))
         else:
             out.append(sentence(f"GPGGA,{t},,,,,0,0,,,M,,M,,"))
         out.append(gsa("GP", s.fix or 1, used, pdop, hdop, vdop))
         out += gsv("GP", sky)
         if s.fix:
             out.append(sentence(f"GPRMC,{t},A,{s.latlon(4)},{s.knots:.2f},{s.track:.2f},"
-                                f"{s.ddmmyy()},,,A"))
-            out.append(sentence(f"GPVTG,{s.track:.2f},T,,M,{s.knots:.2f},N,{s.speed * 3.6:.2f},K,A"))
+                                f"{s.ddmmyy()},,,{faa}"))
+            out.append(sentence(f"GPVTG,{s.track:.2f},T,,M,{s.knots:.2f},N,{s.speed * 3.6:.2f},K,"
+                                f"{faa}"))
         else:
             out.append(sentence(f"GPRMC,{t},V,,,,,0.00,0.00,{s.ddmmyy()},,,N"))
             out.append(sentence("GPVTG,0.00,T,,M,0.00,N,0.00,K,N"))
@@ -326,7 +333,8 @@ def quectel(rng: random.Random) -> bytes:
         if s.fix:
             out.append(sentence(f"GNRMC,{t},A,{s.latlon(4)},{s.knots:.2f},{s.track:.2f},"
                                 f"{s.ddmmyy()},,,A,V"))
-            out.append(sentence(f"GNVTG,{s.track:.2f},T,,M,{s.knots:.2f},N,{s.speed * 3.6:.2f},K,A"))
+            out.append(sentence(f"GNVTG,{s.track:.2f},T,,M,{s.knots:.2f},N,{s.speed * 3.6:.2f},"
+                                f"K,A"))
             out.append(sentence(f"GNGGA,{t},{s.latlon(4)},1,{12:02d},{hdop:.2f},{s.alt:.1f},M,"
                                 f"7.8,M,,"))
         else:

@@ -267,3 +267,24 @@ def test_numbers_are_read_as_gpsd_reads_them():
                       s("GPGGA,120000.00,4846.8,N,00910.8,E,1,08,1.0,10.5x,M,x,M,,"))
     assert fixes[-1].altMSL == 10.5 and d.stats().malformed == 0
     assert fixes[0].magvar == pytest.approx(2.8)  # "nan" is none: the model's value
+
+
+def test_a_date_before_2017_is_taken_for_a_receiver_1024_weeks_behind():
+    # gpsd knows 18 leap seconds, the 18th from 2017 on; an earlier date is a
+    # receiver fooled by a GPS week rollover. gpsd's own Garmin 48 test log
+    # (6 June 2001) comes out as 20 January 2021.
+    rmc = s("GPRMC,225308,A,4527.458,S,16709.165,E,000.0,094.5,060601,024.1,E")
+    assert decode(rmc)[0][0].time == "2021-01-20T22:53:08.000Z"
+    # unless the receiver says how many leap seconds there are (Garmin's PGRMF)
+    pgrmf = s("PGRMF,290,293895,160305,093802,13,5213.1439,N,02100.6511,E,A,2,0,226,2,1")
+    fixes, _ = decode(pgrmf + s("GPRMC,093803,A,5213.1439,N,02100.6511,E,000.0,226.0,160305,"
+                                "004.2,E,D"))
+    assert fixes[-1].time == "2005-03-16T09:38:03.000Z"
+
+
+def test_a_sentence_without_a_checksum_loses_its_last_field_as_in_gpsd():
+    body = "GPRMC,120000.00,A,4846.8,N,00910.8,E,10.0,123.4,031126"  # the date is last
+    assert decode(s(body))[0][0].time == "2026-11-03T12:00:00.000Z"
+    fixes, d = decode(f"${body}\r\n".encode())
+    assert d.stats().no_checksum == 1
+    assert fixes[0].time is None and fixes[0].lat == pytest.approx(48.78)

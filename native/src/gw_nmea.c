@@ -5,13 +5,12 @@
  * sentence is found, its checksum checked and its place reported. Survives
  * garbage and binary bytes, resyncs at '$', accepts sentences glued without
  * CR/LF when their checksum closes them, and never holds more than one
- * partial sentence.
+ * partial sentence. The CR/LF run after a sentence is no garbage, even when
+ * a block ends inside it.
  *
  * Fix assembly (gw_nmea_decode): the fields of good sentences are read and
- * fixes assembled as gpsd assembles them, one per reporting cycle, by the
- * rules gatewayd/nmea.py states. Numbers are read as Python's int() and
- * float() read them; a field that does not parse makes its sentence
- * malformed at that point, keeping what the sentence changed before it.
+ * fixes reported as gpsd 3.22 reports them, by the rules gatewayd/nmea.py
+ * states; the section below says how closely it follows gpsd's code.
  */
 #include "gateway.h"
 
@@ -196,6 +195,7 @@ int64_t gw_nmea_scan(const uint8_t *buf, int64_t n, int64_t max_len, int final,
 #define GW_LEAP_18_SINCE 1483228800LL    /* 2017-01-01T00:00:00Z */
 #define GW_ROLLOVER_S 619315200LL        /* 1024 GPS weeks */
 #define GW_MAX_FIELDS 100                /* gpsd's NMEA_MAX_FLD */
+#define GW_GPSD_NMEA_MAX 102
 
 /* Sentence types, in gatewayd.nmea.SENTENCE_TYPES order (bits of enders);
  * a sentence's tag is its type + 1, 0 for none. */
@@ -1677,11 +1677,16 @@ static void gw_sentence_body(gw_nmea *st, const uint8_t *body, int64_t len, int 
         mask = gw_handlers[kind](&x);
         thistag = kind + 1;
     }
-    /* what gpsd keeps to accumulate GSA and GSV runs */
-    if (!(tag.len >= 5 && memcmp(tag.at + 2, "GSV", 3) == 0))
-        st->last_gsv_talker = 0;
-    if (!(tag.len >= 5 && memcmp(tag.at + 2, "GSA", 3) == 0))
-        st->last_gsa_talker = 0;
+    /* What gpsd keeps to accumulate GSA and GSV runs; any sentence but one
+     * of those ends a run, unless gpsd never saw it: it drops sentences of
+     * more than its NMEA_MAX, 102 bytes with CR/LF (gatewayd reads standard
+     * ones of up to max_len). */
+    if (kind >= 0 || 1 + len + 3 * checksum + 2 <= GW_GPSD_NMEA_MAX) {
+        if (!(tag.len >= 5 && memcmp(tag.at + 2, "GSV", 3) == 0))
+            st->last_gsv_talker = 0;
+        if (!(tag.len >= 5 && memcmp(tag.at + 2, "GSA", 3) == 0))
+            st->last_gsa_talker = 0;
+    }
 
     if (mask & GW_M_TIME) {
         if (st->year == 0 && st->mday == 0) {
