@@ -257,14 +257,12 @@ static long gw_strtol(gw_text t, int64_t *end_at)
     while (k < t.len && gw_isspace(t.at[k]))
         k++;
     int negative = 0;
-    int64_t start = k;
     if (k < t.len && (t.at[k] == '+' || t.at[k] == '-')) {
         negative = t.at[k] == '-';
         k++;
     }
     if (k >= t.len || !gw_isdigit(t.at[k])) {
         *end_at = 0; /* no number: strtol leaves end at the start */
-        (void)start;
         return 0;
     }
     unsigned long long v = 0;
@@ -786,6 +784,35 @@ static int gw_invert_diagonal(double m[4][4], double inv[4])
     return 1;
 }
 
+/* sin and cos of whole degrees, as sin(x * GW_DEG_2_RAD) gives them:
+ * satellites' azimuths and elevations are whole degrees (gpsd reads them
+ * with atoi), so fill_dop's trigonometry can be looked up. */
+static double gw_sin_deg[451], gw_cos_deg[451]; /* -90 to 360 degrees */
+static int gw_trig_ready;
+
+static void gw_trig_init(void)
+{
+    if (gw_trig_ready)
+        return;
+    for (int k = 0; k < 451; k++) {
+        gw_sin_deg[k] = sin((k - 90) * GW_DEG_2_RAD);
+        gw_cos_deg[k] = cos((k - 90) * GW_DEG_2_RAD);
+    }
+    gw_trig_ready = 1;
+}
+
+static double gw_sin(double degrees)
+{
+    double k = degrees + 90;
+    return k == (int)k && k >= 0 && k < 451 ? gw_sin_deg[(int)k] : sin(degrees * GW_DEG_2_RAD);
+}
+
+static double gw_cos(double degrees)
+{
+    double k = degrees + 90;
+    return k == (int)k && k >= 0 && k < 451 ? gw_cos_deg[(int)k] : cos(degrees * GW_DEG_2_RAD);
+}
+
 /* DOPs from the geometry of the satellites used, where the receiver gave
  * none (gpsd's fill_dop). */
 static void gw_fill_dop(gw_nmea *st)
@@ -800,9 +827,9 @@ static void gw_fill_dop(gw_nmea *st)
             continue;
         if (!isfinite(sp->elevation) || fabs(sp->elevation) > 90)
             continue;
-        satpos[n][0] = sin(sp->azimuth * GW_DEG_2_RAD) * cos(sp->elevation * GW_DEG_2_RAD);
-        satpos[n][1] = cos(sp->azimuth * GW_DEG_2_RAD) * cos(sp->elevation * GW_DEG_2_RAD);
-        satpos[n][2] = sin(sp->elevation * GW_DEG_2_RAD);
+        satpos[n][0] = gw_sin(sp->azimuth) * gw_cos(sp->elevation);
+        satpos[n][1] = gw_cos(sp->azimuth) * gw_cos(sp->elevation);
+        satpos[n][2] = gw_sin(sp->elevation);
         satpos[n][3] = 1;
         n++;
     }
@@ -836,12 +863,16 @@ static void gw_fill_dop(gw_nmea *st)
         st->gdop = gdop;
 }
 
+/* gpsd's gpsd_zero_satellites. Only the satellites in view are read, and a
+ * satellite is written whole before it counts as in view, so clearing those
+ * is enough. */
 static void gw_zero_satellites(gw_nmea *st)
 {
-    memset(st->skyview, 0, sizeof st->skyview);
-    st->satellites_visible = 0;
-    for (int k = 0; k < GW_NMEA_CHANNELS; k++)
+    for (int k = 0; k < st->satellites_visible; k++) {
+        memset(&st->skyview[k], 0, sizeof st->skyview[k]);
         st->skyview[k].azimuth = st->skyview[k].elevation = st->skyview[k].ss = NAN;
+    }
+    st->satellites_visible = 0;
 }
 
 /* gpsd's nmeaid_to_prn: the satellite number in gpsd's extended PRN space. */
@@ -1288,8 +1319,9 @@ static uint32_t gw_gsv(gw_sentence *x)
         sp->azimuth = (double)gw_atoi(FLD(k++));
         sp->ss = (double)gw_atoi(FLD(k++));
         sp->used = 0;
+        /* past satellites_used, sats_used holds zeros: no PRN */
         if (sp->prn > 0 && sp->ss > 0)
-            for (int n = 0; n < GW_NMEA_CHANNELS; n++)
+            for (int n = 0; n < st->satellites_used; n++)
                 if (st->sats_used[n] == (uint16_t)sp->prn) {
                     sp->used = 1;
                     break;
@@ -1359,6 +1391,15 @@ static uint32_t gw_pgrme(gw_sentence *x)
     return GW_M_HERR | GW_M_VERR | GW_M_PERR;
 }
 
+/* Garmin's fix type digits: no fix, 2D, 3D from no_fix on. */
+static uint32_t gw_digit_mode(gw_nmea *st, int c, int no_fix)
+{
+    if (c < no_fix || c > no_fix + 2)
+        return 0;
+    st->newdata.mode = GW_MODE_NO_FIX + (c - no_fix);
+    return GW_M_MODE;
+}
+
 static uint32_t gw_pgrmz(gw_sentence *x)
 {
     gw_nmea *st = x->st;
@@ -1367,23 +1408,7 @@ static uint32_t gw_pgrmz(gw_sentence *x)
         st->newdata.alt_msl = gw_atoi(FLD(1)) * GW_FEET_TO_METERS;
         mask |= GW_M_ALTITUDE;
     }
-    switch (CH(3)) {
-    case '1':
-        st->newdata.mode = GW_MODE_NO_FIX;
-        mask |= GW_M_MODE;
-        break;
-    case '2':
-        st->newdata.mode = GW_MODE_2D;
-        mask |= GW_M_MODE;
-        break;
-    case '3':
-        st->newdata.mode = GW_MODE_3D;
-        mask |= GW_M_MODE;
-        break;
-    default:
-        break;
-    }
-    return mask;
+    return mask | gw_digit_mode(st, CH(3), '1');
 }
 
 static uint32_t gw_psrfepe(gw_sentence *x)
@@ -1480,22 +1505,7 @@ static uint32_t gw_pgrmf(gw_sentence *x)
         return mask;
     if (gw_lat_lon(st, x->fl, 6) == 0)
         mask |= GW_M_LATLON;
-    switch (CH(11)) {
-    case '0':
-        st->newdata.mode = GW_MODE_NO_FIX;
-        mask |= GW_M_MODE;
-        break;
-    case '1':
-        st->newdata.mode = GW_MODE_2D;
-        mask |= GW_M_MODE;
-        break;
-    case '2':
-        st->newdata.mode = GW_MODE_3D;
-        mask |= GW_M_MODE;
-        break;
-    default:
-        break;
-    }
+    mask |= gw_digit_mode(st, CH(11), '0');
     st->newdata.speed = gw_atof(FLD(12)) / GW_MPS_TO_KPH;
     st->newdata.track = gw_atof(FLD(13));
     st->pdop = gw_atof(FLD(14));
@@ -1581,11 +1591,18 @@ static void gw_report(gw_nmea *st, gw_fix *out, int64_t *count)
         gw_civil_from_days(days, &y, &m, &d);
         int64_t ms = (nsec + 500000) / 1000000;
         if (y >= 0 && y <= 9999 && ms >= 0 && ms <= 999) {
-            char text[64];
-            snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", (int)y, (int)m,
-                     (int)d, (int)(of_day / 3600), (int)(of_day / 60 % 60), (int)(of_day % 60),
-                     (int)ms);
-            memcpy(fix->time, text, GW_FIX_TIME_LEN);
+            /* YYYY-MM-DDTHH:MM:SS.mmmZ, digit by digit (snprintf is slow) */
+            const int64_t parts[] = {y / 100, y % 100, m, d, of_day / 3600, of_day / 60 % 60,
+                                     of_day % 60};
+            static const int at[] = {0, 2, 5, 8, 11, 14, 17};
+            memcpy(fix->time, "0000-00-00T00:00:00.000Z", GW_FIX_TIME_LEN);
+            for (int i = 0; i < 7; i++) {
+                fix->time[at[i]] = (char)('0' + parts[i] / 10);
+                fix->time[at[i] + 1] = (char)('0' + parts[i] % 10);
+            }
+            fix->time[20] = (char)('0' + ms / 100);
+            fix->time[21] = (char)('0' + ms / 10 % 10);
+            fix->time[22] = (char)('0' + ms % 10);
         }
     }
     fix->offset = st->cycle_offset;
@@ -1601,12 +1618,13 @@ static void gw_report(gw_nmea *st, gw_fix *out, int64_t *count)
 
 static int gw_sentence_type(const gw_text tag, char talker[2])
 {
-    for (int k = GW_PGRME; k <= GW_PGRMF; k++)
-        if (gw_is(tag, gw_types[k])) {
-            talker[0] = 'P';
-            talker[1] = (char)tag.at[1];
-            return k;
-        }
+    if (tag.len >= 2 && tag.at[0] == 'P')
+        for (int k = GW_PGRME; k <= GW_PGRMF; k++)
+            if (gw_is(tag, gw_types[k])) {
+                talker[0] = 'P';
+                talker[1] = (char)tag.at[1];
+                return k;
+            }
     if (tag.len != 5)
         return -1;
     int known = 0;
@@ -1750,6 +1768,7 @@ static void gw_sentence_body(gw_nmea *st, const uint8_t *body, int64_t len, int 
 
 void gw_nmea_init(gw_nmea *st)
 {
+    gw_trig_init();
     memset(st, 0, sizeof *st);
     st->cycle_offset = -1;
     gw_clear_fix(&st->fix);
