@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 
 # Debian 12 / Ubuntu / Raspberry Pi OS package names.
 APT_PACKAGES := gcc pkg-config libgeos-dev libproj-dev proj-data mosquitto mosquitto-clients openssl faketime \
-                python3-dev python3-venv systemd
+                python3-dev python3-venv systemd gpsd
 NATIVE_SOURCES := setup.py native/build_native.py $(wildcard native/cdef/*.h native/src/*.c native/src/*.h)
 
 .PHONY: demo test bench fuzz lint setup sysdeps clean

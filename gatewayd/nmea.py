@@ -1,17 +1,22 @@
-"""NMEA 0183 decoding: serial bytes in, one gpsd-style fix per reporting cycle out.
+"""NMEA 0183 decoding: serial bytes in, gpsd's fixes out.
 
 Framing, checksums, fields and fix assembly run in C (``gw_nmea_decode``)
 over whole blocks; Python sees only the fixes, in columns (``Fixes``) or as
-``Fix`` objects. Fixes are assembled as the reference GPS daemon, gpsd,
-assembles them: a reporting cycle ends when the sentence time changes by more
-than 10 ms, and the sentence type seen last before such a change is learned as
-the cycle's last, so later cycles are reported as soon as it arrives. Fix
-fields carry gpsd's TPV names and units, rounded to gpsd's JSON precision; a
-field the receiver did not give is absent, never 0.
+``Fix`` objects. Fixes are assembled as the reference GPS daemon, gpsd (3.22),
+assembles them, sentence by sentence: a reporting cycle starts when the
+sentence time changes by more than 10 ms, the timed sentence seen last before
+such a change is learned as the cycle's end, and a fix is reported when that
+sentence arrives. Until a cycle's end is known, every sentence that gives a
+position or a mode is reported, as gpsd does. Fields the receiver did not
+give but gpsd derives (altHAE from its geoid model, magvar from its
+declination model, speed and climb from successive fixes, eph/epx/epy/epv
+from DOPs) are derived the same way; anything else the receiver did not give
+is absent, never 0. Fix fields carry gpsd's TPV names and units, rounded to
+gpsd's JSON precision.
 
-A sentence whose fields do not parse counts as malformed; what it changed in
-the cycle before the bad field stays, and it does not count as the cycle's
-last sentence.
+Fields are read as gpsd reads them: a number is the digits a field starts
+with. A sentence with fewer fields than gpsd needs for its type, or with
+bytes that are not printable ASCII, counts as malformed and changes nothing.
 """
 
 from __future__ import annotations
@@ -33,15 +38,19 @@ __all__ = ["MAX_SENTENCE", "Fix", "Fixes", "NmeaDecoder", "NmeaStats"]
 MAX_SENTENCE = 130  # the standard says 82; receivers exceed it
 TALKERS = frozenset({"GP", "GN", "GL", "GA", "GB", "BD", "QZ", "GI", "GQ"})
 # The C decoder's order: bit k of a learned cycle ender is SENTENCE_TYPES[k].
-SENTENCE_TYPES = ("GGA", "RMC", "GNS", "GLL", "VTG", "GSA", "GSV", "ZDA", "GST", "GBS")
-SENTENCES = frozenset(SENTENCE_TYPES)
+# The proprietary ones are those gpsd reads into a fix (Garmin's error
+# estimates, altitude and fix data, SiRF's error estimates, Magellan's status,
+# SkyTraq's position and velocity); other $P... sentences are skipped.
+SENTENCE_TYPES = ("GGA", "RMC", "GNS", "GLL", "VTG", "GSA", "GSV", "ZDA", "GST", "GBS",
+                  "PGRME", "PGRMZ", "PSRFEPE", "PMGNST", "PSTI", "PGRMF")
+SENTENCES = frozenset(SENTENCE_TYPES[:10])
 # gw_fix.values, in TPV order after time and mode.
 _VALUES = ("status", "lat", "lon", "altMSL", "altHAE", "geoidSep", "speed", "track", "climb",
            "magvar", "eph", "epx", "epy", "epv")
 _LAT, _LON = _VALUES.index("lat"), _VALUES.index("lon")
 _FIX_DTYPE = np.dtype([("offset", "<i8"), ("mode", "<i4"), ("present", "<u4"),
                        ("values", "<f8", (len(_VALUES),)), ("time", "S24")])
-_FIX_CAPACITY = 1024  # fixes per call into C; a 64 KiB block makes about 140
+_FIX_CAPACITY = 1024  # fixes per call into C; a 64 KiB block makes about 150
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +58,7 @@ class Fix:
     """One reporting cycle's fix, in gpsd TPV names and units."""
 
     offset: int  # byte offset of the cycle's first sentence in the stream
-    mode: int
+    mode: int  # 0 when no sentence of the cycle has said one yet
     time: str | None = None
     status: int | None = None
     lat: float | None = None
@@ -218,9 +227,10 @@ class NmeaDecoder:
 
     @property
     def holding(self) -> bool:
-        """Whether data fed so far waits for a fix not yet reported: an open
-        cycle, or the start of a sentence."""
-        return bool(self._pending) or bool(self._state.open and not self._state.reported)
+        """Whether data fed so far waits for more: the start of a sentence.
+        (A fix is reported with the sentence that ends its cycle; what comes
+        after that sentence in the same cycle is, as in gpsd, not reported.)"""
+        return bool(self._pending)
 
     @property
     def cycle_enders(self) -> frozenset[str]:
@@ -230,18 +240,14 @@ class NmeaDecoder:
         return self.feed_block(data).to_list()
 
     def flush(self) -> list[Fix]:
-        """Ends the stream: the last partial sentence and the open cycle."""
+        """Ends the stream: the last partial sentence, if its checksum closes it."""
         return self.flush_block().to_list()
 
     def feed_block(self, data: bytes) -> Fixes:
         return self._decode(self._pending + data if self._pending else data, final=False)
 
     def flush_block(self) -> Fixes:
-        parts = [self._decode(self._pending, final=True)] if self._pending else []
-        count = lib.gw_nmea_finish(self._state, self._out)
-        if count:
-            parts.append(Fixes(self._rows[:count].copy()))
-        return Fixes.concat(parts)
+        return self._decode(self._pending, final=True) if self._pending else Fixes.empty()
 
     def _decode(self, buf: bytes, *, final: bool) -> Fixes:
         enders = self._state.enders
@@ -257,7 +263,7 @@ class NmeaDecoder:
             consumed = self._consumed[0]
             start += consumed
             # Short of room, C stops between sentences: go on from there.
-            if consumed == 0 or count + 2 <= _FIX_CAPACITY:
+            if consumed == 0 or count < _FIX_CAPACITY:
                 break
         # The pending bytes are at most one partial sentence, by construction.
         self._pending = buf[start:]

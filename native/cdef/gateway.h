@@ -101,36 +101,17 @@ typedef struct gw_nmea_stats {
     int64_t fixes;
 } gw_nmea_stats;
 
+/* The decoder's state; the rest of it (gpsd's session) is private to C. */
 typedef struct gw_nmea {
     gw_nmea_stats stats;
     uint32_t enders; /* bit per sentence type: learned to end a cycle */
-    int32_t last_tag; /* sentence type of the last good sentence, -1: none */
-    /* the open cycle */
-    int32_t open;
-    int32_t reported;
-    int32_t no_fix;
-    int32_t fix_claimed;
-    int32_t gsa_mode; /* 0: no GSA */
-    int32_t has_tod;
-    int64_t offset;
-    double tod;
-    uint32_t present;
-    double values[14];
-    /* the date, and what moves it on */
-    int32_t has_date;
-    int32_t has_last_tod;
-    int64_t day; /* days since 1970-01-01 */
-    double last_tod;
-    int32_t has_previous;
-    double previous_epoch;
-    double previous_alt;
+    ...;
 } gw_nmea;
 
 void gw_nmea_init(gw_nmea *st);
 int64_t gw_nmea_decode(gw_nmea *st, const uint8_t *buf, int64_t n, int64_t base,
                        int64_t max_len, int final, gw_fix *out, int64_t capacity,
                        int64_t *consumed);
-int64_t gw_nmea_finish(gw_nmea *st, gw_fix *out);
 
 /* ---- LZF (PCD binary_compressed) ---- */
 int64_t gw_lzf_decompress(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);

@@ -18,7 +18,7 @@
 #include <proj.h>
 
 /* Bumped whenever the C API below changes; checked by the Python wrapper. */
-#define GW_ABI_VERSION 3
+#define GW_ABI_VERSION 4
 
 #define GW_MSG_LEN 512
 
@@ -107,6 +107,8 @@ int64_t gw_nmea_scan(const uint8_t *buf, int64_t n, int64_t max_len, int final,
 /* values: status lat lon altMSL altHAE geoidSep speed track climb magvar eph epx epy epv */
 #define GW_FIX_FIELDS 14
 #define GW_FIX_TIME_LEN 24 /* YYYY-MM-DDTHH:MM:SS.mmmZ */
+#define GW_NMEA_CHANNELS 140 /* gpsd's MAXCHANNELS */
+#define GW_NMEA_TYPES 16     /* sentence types read: gatewayd.nmea.SENTENCE_TYPES */
 
 typedef struct gw_fix {
     int64_t offset; /* stream offset of the cycle's first sentence */
@@ -129,36 +131,58 @@ typedef struct gw_nmea_stats {
     int64_t fixes;
 } gw_nmea_stats;
 
+/* A fix as gpsd keeps it (struct gps_fix_t, the members TPV needs); NaN: unknown. */
+typedef struct gw_gps_fix {
+    int64_t sec; /* time; sec <= 0: none */
+    int64_t nsec;
+    int32_t mode; /* 0 not seen, 1 no fix, 2 2D, 3 3D */
+    int32_t status;
+    double lat, lon, alt_hae, alt_msl, geoid_sep, speed, track, climb;
+    double magnetic_var, magnetic_track;
+    double eph, epx, epy, epv, sep, eps, epd, epc, ept;
+    double vel_n, vel_e, vel_d;
+} gw_gps_fix;
+
+typedef struct gw_sat {
+    int32_t prn;
+    int32_t used;
+    double elevation, azimuth, ss;
+} gw_sat;
+
 typedef struct gw_nmea {
     gw_nmea_stats stats;
     uint32_t enders; /* bit per sentence type: learned to end a cycle */
-    int32_t last_tag; /* sentence type of the last good sentence, -1: none */
-    /* the open cycle */
-    int32_t open;
-    int32_t reported;
-    int32_t no_fix;
-    int32_t fix_claimed;
-    int32_t gsa_mode; /* 0: no GSA */
-    int32_t has_tod;
-    int64_t offset;
-    double tod;
-    uint32_t present;
-    double values[GW_FIX_FIELDS];
-    /* the date, and what moves it on */
-    int32_t has_date;
-    int32_t has_last_tod;
-    int64_t day; /* days since 1970-01-01 */
-    double last_tod;
-    int32_t has_previous;
-    double previous_epoch;
-    double previous_alt;
+    int32_t line_end; /* the last block ended inside a sentence's CR/LF */
+    int64_t cycle_offset; /* stream offset of the open cycle's first sentence */
+    /* gpsd's session: the fix being assembled, the last two, DOPs and sky */
+    gw_gps_fix fix, newdata, lastfix, oldfix;
+    double pdop, hdop, vdop, xdop, ydop, tdop, gdop;
+    int32_t satellites_used, satellites_visible;
+    gw_sat skyview[GW_NMEA_CHANNELS];
+    uint16_t sats_used[GW_NMEA_CHANNELS];
+    int32_t cycle_end_reliable;
+    /* gpsd's NMEA driver state */
+    int32_t year, month, mday, hour, minute, second; /* struct tm: year - 1900, month 0-11 */
+    int64_t subsec_nsec;
+    int64_t this_frac_sec, this_frac_nsec, last_frac_sec, last_frac_nsec;
+    int32_t latch_frac_time, lasttag, cycle_continue, latch_mode;
+    uint8_t cycle_enders[GW_NMEA_TYPES + 1]; /* by tag: sentence type + 1 */
+    char last_gga_talker, last_gsa_talker, last_gsv_talker;
+    char last_gga_timestamp[16];
+    int32_t seen_gsa, seen_gsv; /* bit per talker letter, as gpsd's seen_xxgsa */
+    int32_t gsv_await, gsv_part;
+    int32_t century;
+    int32_t leap_seconds;
 } gw_nmea;
 
 void gw_nmea_init(gw_nmea *st);
 int64_t gw_nmea_decode(gw_nmea *st, const uint8_t *buf, int64_t n, int64_t base,
                        int64_t max_len, int final, gw_fix *out, int64_t capacity,
                        int64_t *consumed);
-int64_t gw_nmea_finish(gw_nmea *st, gw_fix *out);
+
+/* gpsd's geoid separation and magnetic variation models (gw_geoid.c) */
+double gw_geoid_separation(double lat, double lon);
+double gw_magnetic_variation(double lat, double lon);
 
 /* ---- LZF (PCD binary_compressed) ---- */
 int64_t gw_lzf_decompress(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);
