@@ -39,7 +39,7 @@ setup: $(VENV)/.built
 sysdeps: $(VENV)/.sysdeps
 
 # System packages: only what is missing, and only once per checkout.
-$(VENV)/.sysdeps:
+$(VENV)/.sysdeps: Makefile
 	@missing=""; \
 	for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \

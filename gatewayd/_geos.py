@@ -20,7 +20,7 @@ from gatewayd.errors import GeometryError, NativeError
 
 logger = logging.getLogger(__name__)
 
-_ABI_VERSION = 4  # 2: gw_nmea_decode; 3: gpsd's fix assembly; 4: zones read in place
+_ABI_VERSION = 5  # 3: gpsd's fix assembly; 4: zones read in place; 5: gw_fix_json
 if lib.gw_abi_version() != _ABI_VERSION:  # pragma: no cover - a stale build
     raise ImportError(
         f"gatewayd._native has ABI {lib.gw_abi_version()}, expected {_ABI_VERSION}: rebuild it"

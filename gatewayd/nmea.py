@@ -21,6 +21,7 @@ bytes that are not printable ASCII, counts as malformed and changes nothing.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 from collections.abc import Callable, Sequence
@@ -160,10 +161,11 @@ class Fixes:
         rows = self.rows
         out = []
         text = ""
-        for time, mode, present, values in zip(rows["time"].astype("U24").tolist(),
-                                               rows["mode"].tolist(),
-                                               rows["present"].tolist(),
-                                               rows["values"].tolist()):
+        written = _members_json(rows) if json else itertools.repeat(None)
+        for time, mode, present, values, done in zip(rows["time"].astype("U24").tolist(),
+                                                     rows["mode"].tolist(),
+                                                     rows["present"].tolist(),
+                                                     rows["values"].tolist(), written):
             fields: dict[str, Any] = {"time": time, "mode": mode} if time else {"mode": mode}
             names, pick, status, members = _plans.get(present) or _plan(present)
             picked = pick(values)
@@ -174,7 +176,7 @@ class Fixes:
             if json:
                 # The time is digits and punctuation only: nothing to escape.
                 text = (f'"time":"{time}","mode":{mode}' if time else f'"mode":{mode}') + \
-                    members.format(*picked)
+                    (done if done is not None else members.format(*picked))
             out.append((fields, text))
         return out
 
@@ -185,6 +187,35 @@ class Fixes:
     def to_list(self) -> list[Fix]:
         return [Fix(offset, **fields)
                 for offset, fields in zip(self.rows["offset"].tolist(), self.fields())]
+
+
+def _members_json(rows: np.ndarray) -> list[str | None]:
+    """Each fix's values as JSON members, written in C as json.dumps would
+    write them (None for a fix Python must write: see gw_fix_json)."""
+    n = len(rows)
+    if not n:
+        return []
+    rows = np.ascontiguousarray(rows)
+    cap = n * _JSON_PER_FIX
+    buf = ffi.new("char[]", cap)
+    ends = np.empty(n, dtype=np.int64)
+    used = lib.gw_fix_json(ffi.from_buffer("gw_fix[]", rows), n, buf, cap,
+                           ffi.from_buffer("int64_t[]", ends))
+    if used < 0:  # pragma: no cover - _JSON_PER_FIX holds the longest fix
+        return [None] * n
+    text = ffi.unpack(buf, used).decode("ascii")
+    out: list[str | None] = []
+    start = 0
+    for end in ends.tolist():
+        if end < 0:
+            out.append(None)
+            continue
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+_JSON_PER_FIX = 512  # 14 members of at most 12 + 4 + 20 bytes each
 
 
 @dataclass(slots=True)

@@ -288,3 +288,42 @@ def test_a_sentence_without_a_checksum_loses_its_last_field_as_in_gpsd():
     fixes, d = decode(f"${body}\r\n".encode())
     assert d.stats().no_checksum == 1
     assert fixes[0].time is None and fixes[0].lat == pytest.approx(48.78)
+
+
+def test_fix_json_written_in_c_is_what_json_dumps_writes():
+    import json
+
+    import numpy as np
+
+    from gatewayd import nmea
+
+    rng = np.random.default_rng(5)
+    digits = [None, 9, 9, 4, 4, 3, 3, 4, 3, 1, 3, 3, 3, 3]
+    n = 4000
+    rows = np.zeros(n, dtype=nmea._FIX_DTYPE)
+    rows["mode"] = 3
+    rows["present"] = rng.integers(0, 1 << 14, n)
+    # Magnitudes from tiny to large, negative and positive, and exact zeros
+    # (-0.0 among them): each rounded as the decoder rounds it.
+    scale = 10.0 ** rng.integers(-12, 7, (n, 14))
+    values = rng.uniform(-1, 1, (n, 14)) * scale
+    values[rng.random((n, 14)) < 0.05] = 0.0
+    values[rng.random((n, 14)) < 0.02] = -0.0
+    values[:, 0] = rng.integers(2, 9, n)  # status is a small integer
+    for k, d in enumerate(digits):
+        if d is not None:
+            values[:, k] = [round(v, d) for v in values[:, k]]
+    rows["values"] = values
+    written = nmea._members_json(rows)
+    fallback = 0
+    for row, text in zip(rows, written):
+        present = int(row["present"])
+        picked = [row["values"][k] for k in range(14) if present >> k & 1]
+        want = "".join(f',"{nmea._VALUES[k]}":{json.dumps(int(v) if k == 0 else float(v))}'
+                       for k, v in zip([k for k in range(14) if present >> k & 1], picked))
+        if text is None:
+            fallback += 1
+            assert any(v != 0 and abs(v) < 1e-4 for v in picked)
+        else:
+            assert text == want
+    assert 0 < fallback < n // 2

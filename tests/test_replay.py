@@ -91,7 +91,7 @@ def test_nmea_fixes_match_pynmea2_and_carry_their_lineage(tmp_path):
         if isinstance(msg, pynmea2.types.talker.RMC) and msg.status == "A":
             rmc.append(msg)
     fixes = [r for r in records if r["kind"] == "gps_fix" and r.get("mode", 0) >= 2]
-    by_time = {r["time"][11:19]: r for r in fixes}
+    by_time = {r["time"][11:19]: r for r in fixes if "time" in r}
     t = pyproj.Transformer.from_crs("EPSG:4326", UTM32, always_xy=True)
     matched = 0
     for msg in rmc:

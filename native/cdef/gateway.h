@@ -112,6 +112,8 @@ void gw_nmea_init(gw_nmea *st);
 int64_t gw_nmea_decode(gw_nmea *st, const uint8_t *buf, int64_t n, int64_t base,
                        int64_t max_len, int final, gw_fix *out, int64_t capacity,
                        int64_t *consumed);
+int64_t gw_fix_json(const gw_fix *fixes, int64_t n, char *out, int64_t cap,
+                    int64_t *ends);
 
 /* ---- LZF (PCD binary_compressed) ---- */
 int64_t gw_lzf_decompress(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);

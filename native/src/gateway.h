@@ -18,7 +18,7 @@
 #include <proj.h>
 
 /* Bumped whenever the C API below changes; checked by the Python wrapper. */
-#define GW_ABI_VERSION 4
+#define GW_ABI_VERSION 5
 
 #define GW_MSG_LEN 512
 
@@ -179,6 +179,8 @@ void gw_nmea_init(gw_nmea *st);
 int64_t gw_nmea_decode(gw_nmea *st, const uint8_t *buf, int64_t n, int64_t base,
                        int64_t max_len, int final, gw_fix *out, int64_t capacity,
                        int64_t *consumed);
+int64_t gw_fix_json(const gw_fix *fixes, int64_t n, char *out, int64_t cap,
+                    int64_t *ends);
 
 /* gpsd's geoid separation and magnetic variation models (gw_geoid.c) */
 double gw_geoid_separation(double lat, double lon);

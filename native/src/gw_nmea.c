@@ -1828,3 +1828,68 @@ int64_t gw_nmea_decode(gw_nmea *st, const uint8_t *buf, int64_t n, int64_t base,
     *consumed = pos;
     return count;
 }
+
+/* ---- fixes as JSON members ---- */
+
+static const char *const gw_value_names[GW_FIX_FIELDS] = {
+    "status", "lat", "lon", "altMSL", "altHAE", "geoidSep", "speed", "track", "climb",
+    "magvar", "eph", "epx", "epy", "epv"};
+
+/* A rounded value as Python's repr writes it, or -1 where that takes more
+ * than a fixed-point number (exponents below 1e-4, or non-finite values).
+ * Every value is rounded to at most 9 decimals with at most 15 significant
+ * digits, so its shortest round-trip form is the rounded decimal itself:
+ * printed fixed, without trailing zeros, keeping ".0". */
+static int gw_json_number(double v, int digits, char *out, size_t cap)
+{
+    if (!isfinite(v) || fabs(v) >= 1e15 || (v != 0.0 && fabs(v) < 1e-4))
+        return -1;
+    int n;
+    if (digits < 0) { /* an integer value (status) */
+        if (v != trunc(v))
+            return -1;
+        n = snprintf(out, cap, "%lld", (long long)v);
+        return n > 0 && (size_t)n < cap ? n : -1;
+    }
+    n = snprintf(out, cap, "%.*f", digits, v);
+    if (n <= 0 || (size_t)n >= cap)
+        return -1;
+    while (n > 0 && out[n - 1] == '0')
+        n--;
+    if (n > 0 && out[n - 1] == '.')
+        out[n++] = '0';
+    out[n] = 0;
+    return n;
+}
+
+/* The values of fixes[0..n) as JSON members (',"lat":48.1173,...', after
+ * time and mode), one after another in out; ends[i] is where fix i's end, or
+ * -1 for a fix Python must write (a value too small for fixed point). Returns
+ * the bytes written, or -1 when out is too small. */
+int64_t gw_fix_json(const gw_fix *fixes, int64_t n, char *out, int64_t cap, int64_t *ends)
+{
+    int64_t used = 0;
+    char number[64];
+    for (int64_t i = 0; i < n; i++) {
+        int64_t start = used;
+        int ok = 1;
+        for (int k = 0; k < GW_FIX_FIELDS && ok; k++) {
+            if (!(fixes[i].present & (1u << k)))
+                continue;
+            int len = gw_json_number(fixes[i].values[k], gw_digits[k], number, sizeof number);
+            if (len < 0) {
+                ok = 0;
+                break;
+            }
+            int64_t need = (int64_t)strlen(gw_value_names[k]) + len + 4;
+            if (used + need > cap)
+                return -1;
+            used += snprintf(out + used, (size_t)(cap - used), ",\"%s\":%s",
+                             gw_value_names[k], number);
+        }
+        if (!ok)
+            used = start;
+        ends[i] = ok ? used : -1;
+    }
+    return used;
+}
