@@ -1837,29 +1837,57 @@ static const char *const gw_value_names[GW_FIX_FIELDS] = {
 
 /* A rounded value as Python's repr writes it, or -1 where that takes more
  * than a fixed-point number (exponents below 1e-4, or non-finite values).
- * Every value is rounded to at most 9 decimals with at most 15 significant
- * digits, so its shortest round-trip form is the rounded decimal itself:
- * printed fixed, without trailing zeros, keeping ".0". */
+ * Every value is the double nearest k / 10^digits for an integer k of at most
+ * 15 digits (gw_round made it so), so its shortest round-trip form is that
+ * decimal: k's digits with the point put in, trailing zeros dropped, ".0"
+ * kept. k is recovered exactly from v * 10^digits, whose error is far below
+ * one half at these magnitudes. No printf: its exact conversion is slow. */
 static int gw_json_number(double v, int digits, char *out, size_t cap)
 {
-    if (!isfinite(v) || fabs(v) >= 1e15 || (v != 0.0 && fabs(v) < 1e-4))
+    static const double powers[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
+    if (!isfinite(v) || fabs(v) >= 1e15 || (v != 0.0 && fabs(v) < 1e-4) || cap < 32 ||
+        digits > 9)
         return -1;
-    int n;
-    if (digits < 0) { /* an integer value (status) */
+    int integer = digits < 0; /* status: written without a point */
+    if (integer) {
         if (v != trunc(v))
             return -1;
-        n = snprintf(out, cap, "%lld", (long long)v);
-        return n > 0 && (size_t)n < cap ? n : -1;
+        digits = 0;
     }
-    n = snprintf(out, cap, "%.*f", digits, v);
-    if (n <= 0 || (size_t)n >= cap)
+    double scaled = nearbyint(v * powers[digits]);
+    if (fabs(scaled) >= 1e15)
         return -1;
-    while (n > 0 && out[n - 1] == '0')
-        n--;
-    if (n > 0 && out[n - 1] == '.')
-        out[n++] = '0';
-    out[n] = 0;
-    return n;
+    long long k = (long long)scaled;
+    unsigned long long u = k < 0 ? (unsigned long long)(-k) : (unsigned long long)k;
+    char digit[24];
+    int n = 0;
+    do {
+        digit[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    while (n <= digits)
+        digit[n++] = '0'; /* at least one digit before the point */
+    int len = 0;
+    if (signbit(v))
+        out[len++] = '-';
+    for (int i = n - 1; i >= digits; i--)
+        out[len++] = digit[i];
+    if (integer) {
+        out[len] = 0;
+        return len;
+    }
+    out[len++] = '.';
+    int last = 0; /* the lowest nonzero decimal */
+    while (last < digits && digit[last] == '0')
+        last++;
+    if (last == digits) {
+        out[len++] = '0';
+    } else {
+        for (int i = digits - 1; i >= last; i--)
+            out[len++] = digit[i];
+    }
+    out[len] = 0;
+    return len;
 }
 
 /* The values of fixes[0..n) as JSON members (',"lat":48.1173,...', after
