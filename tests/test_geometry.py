@@ -293,6 +293,39 @@ def test_convex_hull_matches_shapely(dims):
     assert shapely.equals(shapely.Polygon(hull), oracle)
 
 
+def _hull_cases():
+    rng = np.random.default_rng(12)
+    yield "disk", np.column_stack([np.cos(a := rng.uniform(0, 2 * np.pi, 30_000)),
+                                   np.sin(a)]) * rng.uniform(0, 60, (30_000, 1)) + 5e5
+    yield "grid", rng.integers(0, 6, (500, 2)).astype(float)  # collinear runs, repeats
+    yield "square edge points", np.vstack([
+        np.column_stack([rng.uniform(0, 1, 200), np.zeros(200)]),
+        np.column_stack([np.ones(200), rng.uniform(0, 1, 200)]),
+        np.column_stack([rng.uniform(0, 1, 200), np.ones(200)]),
+        np.column_stack([np.zeros(200), rng.uniform(0, 1, 200)]),
+        rng.uniform(0, 1, (500, 2))])
+    yield "tiny", rng.normal(size=(300, 2)) * 1e-9 + 48.78
+    yield "lon lat sweep", np.column_stack([9.18 + rng.normal(0, 3e-4, 5000),
+                                            48.78 + rng.normal(0, 2e-4, 5000)])
+    for k in range(40):
+        yield f"random {k}", rng.normal(size=(int(rng.integers(3, 60)), 2)) * 10
+
+
+@pytest.mark.parametrize(("name", "pts"), list(_hull_cases()), ids=lambda v: v
+                         if isinstance(v, str) else "")
+def test_convex_hull_has_shapelys_corners_counter_clockwise(name, pts):
+    hull = geometry.convex_hull(pts)
+    oracle = shapely.convex_hull(shapely.multipoints(pts))
+    ring = shapely.Polygon(hull)
+    assert np.array_equal(hull[0], hull[-1])  # a closed ring
+    assert ring.exterior.is_ccw  # GeoJSON's right-hand rule
+    assert shapely.equals(ring, oracle)
+    # The same corners: no collinear vertex, none missing.
+    ours = {tuple(p) for p in hull[:-1]}
+    theirs = {tuple(p) for p in np.asarray(oracle.exterior.coords)[:-1]}
+    assert ours == theirs
+
+
 def test_convex_hull_of_degenerate_sets():
     assert geometry.convex_hull(np.empty((0, 2))).shape == (0, 2)
     one = geometry.convex_hull(np.array([[3.0, 4.0]]))

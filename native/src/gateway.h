@@ -67,6 +67,11 @@ int64_t gw_geodesic_area(gw_geos *g, GEOSGeometry *const *geoms, int64_t n,
 int64_t gw_convex_hull(gw_geos *g, const double *xyz, int64_t n, int dims,
                        double *out, int64_t out_capacity);
 
+/* Orientation of q against p1->p2 as GEOS decides it (+1 left, -1 right, 0 on
+ * the line): a filter, then double-double arithmetic. Internal. */
+int gw_orientation(double p1x, double p1y, double p2x, double p2y, double qx, double qy);
+int64_t gw_hull(const double *xyz, int64_t n, int dims, double *out, int64_t out_capacity);
+
 /* ---- zones ---- */
 gw_zones *gw_zones_new(gw_geos *g, const double *coords, const int64_t *ring_offsets,
                        const int64_t *polygon_offsets, const int64_t *part_offsets, int64_t n);

@@ -447,13 +447,6 @@ int64_t gw_geodesic_area(gw_geos *g, GEOSGeometry *const *geoms, int64_t n,
     return failed;
 }
 
-static int gw_is_finite_point(const double *p, int dims)
-{
-    for (int d = 0; d < dims; d++)
-        if (!isfinite(p[d]))
-            return 0;
-    return 1;
-}
 
 /* Writes the hull's vertices (x, y) into out and returns how many: a closed
  * ring for a polygonal hull, fewer for collinear or single points, -1 on a
@@ -461,49 +454,8 @@ static int gw_is_finite_point(const double *p, int dims)
 int64_t gw_convex_hull(gw_geos *g, const double *xyz, int64_t n, int dims,
                        double *out, int64_t out_capacity)
 {
-    double *xy = malloc((size_t)(n > 0 ? n : 1) * 2 * sizeof(double));
-    if (xy == NULL)
-        return -1;
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double *p = xyz + i * dims;
-        if (gw_is_finite_point(p, dims)) {
-            xy[2 * m] = p[0];
-            xy[2 * m + 1] = p[1];
-            m++;
-        }
-    }
-    if (m == 0) {
-        free(xy);
-        return 0;
-    }
-    GEOSCoordSequence *seq = GEOSCoordSeq_copyFromBuffer_r(g->handle, xy, (unsigned)m, 0, 0);
-    free(xy);
-    if (seq == NULL)
-        return -1;
-    GEOSGeometry *points = m == 1 ? GEOSGeom_createPoint_r(g->handle, seq)
-                                  : GEOSGeom_createLineString_r(g->handle, seq);
-    if (points == NULL)
-        return -1;
-    GEOSGeometry *hull = GEOSConvexHull_r(g->handle, points);
-    GEOSGeom_destroy_r(g->handle, points);
-    if (hull == NULL)
-        return -1;
-
-    const GEOSGeometry *line = hull;
-    if (GEOSGeomTypeId_r(g->handle, hull) == GEOS_POLYGON)
-        line = GEOSGetExteriorRing_r(g->handle, hull);
-    const GEOSCoordSequence *hseq = GEOSGeom_getCoordSeq_r(g->handle, line);
-    unsigned int size = 0;
-    int64_t result = -1;
-    if (hseq != NULL && GEOSCoordSeq_getSize_r(g->handle, hseq, &size)) {
-        if ((int64_t)size > out_capacity)
-            result = -2;
-        else if (size == 0 || GEOSCoordSeq_copyToBuffer_r(g->handle, hseq, out, 0, 0))
-            result = (int64_t)size;
-    }
-    GEOSGeom_destroy_r(g->handle, hull);
-    return result;
+    (void)g; /* the hull is computed in gw_points.c, faster than GEOSConvexHull */
+    return gw_hull(xyz, n, dims, out, out_capacity);
 }
 
 void gw_free(void *p) { free(p); }

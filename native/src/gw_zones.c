@@ -96,7 +96,7 @@ static gw_dd gw_dd_mul(gw_dd a, gw_dd b)
 static gw_dd gw_dd_neg(gw_dd a) { return (gw_dd){-a.hi, -a.lo}; }
 
 /* +1 when q lies left of p1->p2, -1 right, 0 on the line. */
-static int gw_orientation(double p1x, double p1y, double p2x, double p2y, double qx, double qy)
+int gw_orientation(double p1x, double p1y, double p2x, double p2y, double qx, double qy)
 {
     double dx1 = p2x - p1x, dy1 = p2y - p1y, dx2 = qx - p2x, dy2 = qy - p2y;
     double left = dx1 * dy2, right = dy1 * dx2, det = left - right;
