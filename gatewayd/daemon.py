@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -270,6 +271,10 @@ class Daemon:
                 logger.warning("MQTT broker %s:%d not reached yet; starting anyway",
                                config.mqtt.host, config.mqtt.port)
             self._state = "running"
+            # What start-up made lives as long as the daemon: out of the
+            # collector's sight, a full collection scans only what came since
+            # (tens of ms less of a stalled loop, every few seconds under load).
+            gc.freeze()
             self._notifier.ready(self._status_line())
             logger.info("gatewayd %s running: %d workers, %d serial ports, MQTT %s:%d, "
                         "topics under %s/", __version__, pool.size, len(config.ports),
@@ -465,6 +470,8 @@ class Daemon:
         if self._intake_closed:
             return  # stopping: left unacknowledged, the broker sends it again
         self._arrived.append(message)
+        if self._open + len(self._arrived) >= self._window():
+            self._mqtt.pause()  # the client keeps the rest, then the broker
 
     def _on_drained(self) -> None:
         arrived, self._arrived = self._arrived, []

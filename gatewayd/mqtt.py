@@ -254,6 +254,7 @@ class MqttClient:
     # on_message too, and 100 of them keep a turn of the loop near 20 ms.
     _read_batch = 100
     _poll_batch = 32  # packets read at most while a publish waits for the window
+    _poll_every = 8  # publishes queued behind a full window between two such reads
     _tick_s = 1.0
     _paho_class: type[paho.Client] = LeanClient
 
@@ -272,6 +273,7 @@ class MqttClient:
         self._flush_due = False  # a write of what paho queued is scheduled
         self._draining = False  # reading packets now (a drain or a poll)
         self._drain_due = False  # a drain is scheduled after a poll
+        self._queued_since_poll = 0
         self._subscriptions = list(subscriptions)
         self._paho: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -684,15 +686,15 @@ class MqttClient:
         no readiness event will announce it."""
         lean = client if isinstance(client, LeanClient) else None
         tls_pending = self._tls_pending
-        for _ in range(budget):
+        for n in range(budget):
             if not self._may_read():
                 self._stop_reading()
                 return False
             rc = lean.read_packet() if lean is not None else client.loop_read()
             if self._sock is not sock or rc not in (_OK, _AGAIN):
                 return False
-            if lean is not None and lean.want_write():
-                self._flush()  # a PUBACK let a publish out: the window turns now
+            if n % 4 == 3 and lean is not None and lean.want_write():
+                self._flush()  # PUBACKs let publishes out: the window turns now
             if (rc == _AGAIN or lean is None) and not (lean is not None and lean.buffered()) \
                     and not (tls_pending is not None and tls_pending()):
                 return False  # read to the end: readiness brings the reader back
@@ -961,7 +963,10 @@ class MqttClient:
                 self._loop.add_reader(self._fd, self._on_readable)
                 self._reading = True
             if qos and isinstance(self._paho, LeanClient) and self._paho.window_full():
-                self._poll()
+                self._queued_since_poll += 1
+                if self._queued_since_poll >= self._poll_every:
+                    self._queued_since_poll = 0
+                    self._poll()
 
     def _flush_held(self) -> None:
         while self._held:
