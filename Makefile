@@ -30,7 +30,7 @@ fuzz: setup
 	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 lint: setup
-	$(PIP) install '.[dev]' >/dev/null
+	$(PIP) install --no-build-isolation -e '.[dev]' >/dev/null
 	$(VENV)/bin/ruff check gatewayd tests native
 	$(VENV)/bin/mypy gatewayd
 

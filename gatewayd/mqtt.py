@@ -9,18 +9,28 @@ Only the blocking TCP connect and TLS handshake of ``reconnect()`` run in the
 default executor, while nothing else touches the paho client.
 
 Draining. paho 2.x ``loop_read()`` reads one packet per call, whatever its
-argument says (it reads more only while publishes of ours are in flight). One
-call per readable event ties ingest to the turns of the loop: about 4k msgs/s
-once the rest of the daemon does some work on each turn. So a readable event
-drains: ``loop_read()`` again while the last call completed a packet (seen by
-paho's callbacks, which count; no extra system call) or the TLS layer holds
-decrypted bytes (``SSLSocket.pending()``, which no readiness event can see),
-up to ``_read_batch`` packets; the rest waits for the next turn so one busy
-socket cannot starve the others. A packet without a callback (PINGRESP) or a
-partial one ends a drain early, which is harmless: readiness is
-level-triggered, so bytes left in the kernel bring the reader back. Bytes left
-inside the TLS layer do not, so ``resume()`` and the batch cap schedule the
-next drain themselves. Measured by tests/bench/bench_mqtt_client.py.
+argument says, and reads until the socket is empty while publishes of ours
+are queued: hundreds of packets, and their handling, in one turn of the
+loop. The client here is ``gatewayd._paho.LeanClient``: reads are buffered,
+and the plain packets of ingest (PUBLISH and PUBACK without properties) skip
+paho's per-packet objects. A readable event drains packet by packet, up to
+``_read_batch``; the rest waits for the next turn, so one busy socket cannot
+starve the others. Bytes left in the read buffer or inside the TLS layer
+(``SSLSocket.pending()``) announce no readiness, so the drain, ``resume()``
+and the batch cap schedule the next drain themselves. ``on_drained`` tells
+the owner a drain is over, so that it can handle the drain's messages
+together. Measured by tests/bench/bench_mqtt_client.py.
+
+Writing. What paho queues is written at the end of the turn that queued it
+(queued packets joined into one send), and during a drain as soon as PUBACKs
+let publishes out; the writer is watched only while the socket is full. The
+socket has TCP_NODELAY: Nagle's algorithm would hold a small publish back
+until the broker acknowledged the bytes before it. The broker's Receive
+Maximum bounds our QoS 1 publishes awaiting a PUBACK (Mosquitto: its
+``max_inflight_messages``, 20 by default), so the publish rate is at most
+that window over the time a PUBACK waits to be read: a publish that finds
+the window full reads the socket now and then, rather than waiting for the
+loop to turn to it.
 
 Acknowledgements. The client is made with ``manual_ack=True``: a QoS 1 message
 is PUBACKed only after the owner calls ``ack(message)``, once the message's
@@ -34,10 +44,13 @@ least once and the owner must tolerate duplicates. Acks of deliveries from a
 link that is gone are ignored: their packet ids may already name other
 messages.
 
-Flow control. ``pause()`` stops reading the socket and ``resume()`` starts it
-again; with manual acks the unread and unacknowledged messages wait at the
-broker. How many unacknowledged QoS 1 messages Mosquitto 2.0 sends a client
-at once (mosquitto.conf(5)):
+Flow control. ``pause()`` stops handing messages over and ``resume()`` starts
+it again; with manual acks the unread and unacknowledged messages wait at
+the broker. While our publishes await their PUBACK, a paused client reads
+on (else an owner that waits for its results to be published could never
+resume), and keeps what arrives meanwhile, in order, for ``resume()``. How
+many unacknowledged QoS 1 messages Mosquitto 2.0 sends a client at once
+(mosquitto.conf(5)):
 
 - to an MQTT 5 client: the Receive Maximum of its CONNECT (set from
   ``receive_maximum``);
@@ -51,7 +64,12 @@ Past the window the broker queues a client's QoS 1/2 messages up to
 while the client is away: size it for the longest absence to be bridged.
 Mosquitto advertises ``max_inflight_messages`` to MQTT 5 clients as its own
 Receive Maximum; paho does not enforce it, so ``max_inflight`` is lowered to it
-when the CONNACK carries it.
+when the CONNACK carries it (also for what is sent again after a reconnect).
+Mosquitto 2.0.11 (Debian 12) keeps our Receive Maximum only until its quota
+for us has run out once: the next PUBACK of ours lets everything it queued
+for us out at once. A paused client then keeps what arrives (above), up to
+four times ``receive_maximum``, and hands over the oldest beyond that; the
+owner's queues and the outbox bound what follows.
 
 Sessions. The session is persistent (clean_session=False for 3.1.1,
 clean_start=False with a Session Expiry Interval for 5) under a stable client
