@@ -94,6 +94,10 @@ class Channel(Generic[T]):
             raise ChannelClosed(f"channel {self.name!r} is closed")
         self._append(item, weight)
 
+    def has_room(self, weight: int = 1) -> bool:
+        """Whether ``send`` of an item of this weight would not wait now."""
+        return not self._closed and self._fits(weight)
+
     def send_nowait(self, item: T, weight: int = 1) -> list[T]:
         """Never waits. Returns what the overflow policy dropped to make room:
         the oldest items under drop_oldest, else the new item itself when full."""

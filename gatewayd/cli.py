@@ -140,10 +140,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
+    from gatewayd import forkserver
+
+    config = _load(args)
+    # The workers' server imports their modules while this process imports its own.
+    forkserver.start(["gatewayd.processing"])
     from gatewayd.daemon import Daemon
     from gatewayd.journal import configure
 
-    config = _load(args)
     configure(config.log.format, "debug" if args.debug else config.log.level,
               environ=os.environ, debug=args.debug)
     return _run(Daemon(config, config_path=args.config, overrides=args.overrides,

@@ -192,7 +192,7 @@ def gps_json_tpv(data: bytes) -> dict[str, Any]:
 
 def _tpv_digest(tpv: dict[str, Any]) -> str:
     # A live stream has no file to hash: a fix is named by its own content.
-    return records.input_digest(json.dumps(tpv, sort_keys=True).encode())
+    return records.content_digest(tpv)
 
 
 class GpsStream:
@@ -216,6 +216,10 @@ class GpsStream:
     def waiting_tokens(self) -> tuple[object, ...]:
         """Tokens of inputs whose data waits in the open cycle."""
         return tuple(self._waiting)
+
+    def waits_for(self, token: object) -> bool:
+        """Whether data of the input with this token waits in the open cycle."""
+        return any(t is token for t in self._waiting)
 
     def nmea(self, data: bytes, received_at: str, token: object | None = None
              ) -> tuple[list[Item], Tokens]:

@@ -9,18 +9,28 @@ Only the blocking TCP connect and TLS handshake of ``reconnect()`` run in the
 default executor, while nothing else touches the paho client.
 
 Draining. paho 2.x ``loop_read()`` reads one packet per call, whatever its
-argument says (it reads more only while publishes of ours are in flight). One
-call per readable event ties ingest to the turns of the loop: about 4k msgs/s
-once the rest of the daemon does some work on each turn. So a readable event
-drains: ``loop_read()`` again while the last call completed a packet (seen by
-paho's callbacks, which count; no extra system call) or the TLS layer holds
-decrypted bytes (``SSLSocket.pending()``, which no readiness event can see),
-up to ``_read_batch`` packets; the rest waits for the next turn so one busy
-socket cannot starve the others. A packet without a callback (PINGRESP) or a
-partial one ends a drain early, which is harmless: readiness is
-level-triggered, so bytes left in the kernel bring the reader back. Bytes left
-inside the TLS layer do not, so ``resume()`` and the batch cap schedule the
-next drain themselves. Measured by tests/bench/bench_mqtt_client.py.
+argument says, and reads until the socket is empty while publishes of ours
+are queued: hundreds of packets, and their handling, in one turn of the
+loop. The client here is ``gatewayd._paho.LeanClient``: reads are buffered,
+and the plain packets of ingest (PUBLISH and PUBACK without properties) skip
+paho's per-packet objects. A readable event drains packet by packet, up to
+``_read_batch``; the rest waits for the next turn, so one busy socket cannot
+starve the others. Bytes left in the read buffer or inside the TLS layer
+(``SSLSocket.pending()``) announce no readiness, so the drain, ``resume()``
+and the batch cap schedule the next drain themselves. ``on_drained`` tells
+the owner a drain is over, so that it can handle the drain's messages
+together. Measured by tests/bench/bench_mqtt_client.py.
+
+Writing. What paho queues is written at the end of the turn that queued it
+(queued packets joined into one send), and during a drain as soon as PUBACKs
+let publishes out; the writer is watched only while the socket is full. The
+socket has TCP_NODELAY: Nagle's algorithm would hold a small publish back
+until the broker acknowledged the bytes before it. The broker's Receive
+Maximum bounds our QoS 1 publishes awaiting a PUBACK (Mosquitto: its
+``max_inflight_messages``, 20 by default), so the publish rate is at most
+that window over the time a PUBACK waits to be read: a publish that finds
+the window full reads the socket now and then, rather than waiting for the
+loop to turn to it.
 
 Acknowledgements. The client is made with ``manual_ack=True``: a QoS 1 message
 is PUBACKed only after the owner calls ``ack(message)``, once the message's
@@ -34,10 +44,13 @@ least once and the owner must tolerate duplicates. Acks of deliveries from a
 link that is gone are ignored: their packet ids may already name other
 messages.
 
-Flow control. ``pause()`` stops reading the socket and ``resume()`` starts it
-again; with manual acks the unread and unacknowledged messages wait at the
-broker. How many unacknowledged QoS 1 messages Mosquitto 2.0 sends a client
-at once (mosquitto.conf(5)):
+Flow control. ``pause()`` stops handing messages over and ``resume()`` starts
+it again; with manual acks the unread and unacknowledged messages wait at
+the broker. While our publishes await their PUBACK, a paused client reads
+on (else an owner that waits for its results to be published could never
+resume), and keeps what arrives meanwhile, in order, for ``resume()``. How
+many unacknowledged QoS 1 messages Mosquitto 2.0 sends a client at once
+(mosquitto.conf(5)):
 
 - to an MQTT 5 client: the Receive Maximum of its CONNECT (set from
   ``receive_maximum``);
@@ -51,7 +64,12 @@ Past the window the broker queues a client's QoS 1/2 messages up to
 while the client is away: size it for the longest absence to be bridged.
 Mosquitto advertises ``max_inflight_messages`` to MQTT 5 clients as its own
 Receive Maximum; paho does not enforce it, so ``max_inflight`` is lowered to it
-when the CONNACK carries it.
+when the CONNACK carries it (also for what is sent again after a reconnect).
+Mosquitto 2.0.11 (Debian 12) keeps our Receive Maximum only until its quota
+for us has run out once: the next PUBACK of ours lets everything it queued
+for us out at once. A paused client then keeps what arrives (above), up to
+four times ``receive_maximum``, and hands over the oldest beyond that; the
+owner's queues and the outbox bound what follows.
 
 Sessions. The session is persistent (clean_session=False for 3.1.1,
 clean_start=False with a Session Expiry Interval for 5) under a stable client
@@ -75,13 +93,14 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gatewayd._paho import LeanClient
 from gatewayd.errors import ConfigError, GatewayError
 
 logger = logging.getLogger(__name__)
@@ -98,6 +117,7 @@ __all__ = [
 
 State = Literal["closed", "connecting", "connected", "waiting"]
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+_AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
 
 
 class MqttError(GatewayError):
@@ -174,8 +194,7 @@ class MqttSettings:
             raise bad("password_file", "a password needs a username")
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One received PUBLISH. ``delivery`` is the client's number for it, which
     ``MqttClient.ack`` uses; it is 0 for QoS 0, which needs no ack."""
 
@@ -244,13 +263,18 @@ class MqttClient:
     ``on_message`` is called in the loop for every PUBLISH received; QoS 1/2
     messages stay unacknowledged until ``ack()``. If it raises, the error is
     logged and the message acked, so that one bad message cannot hold back
-    every later PUBACK.
+    every later PUBACK. ``on_drained``, if given, is called once after each
+    drain of the socket that delivered messages: an owner that gathers the
+    messages of a drain in ``on_message`` handles them there, together.
     """
 
     # Packets read per readable event at most: each costs the owner its
     # on_message too, and 100 of them keep a turn of the loop near 20 ms.
     _read_batch = 100
+    _poll_batch = 32  # packets read at most while a publish waits for the window
+    _poll_every = 8  # publishes queued behind a full window between two such reads
     _tick_s = 1.0
+    _paho_class: type[paho.Client] = LeanClient
 
     def __init__(
         self,
@@ -258,9 +282,16 @@ class MqttClient:
         on_message: Callable[[Message], None],
         *,
         subscriptions: Sequence[tuple[str, int]] = (),
+        on_drained: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self._on_message_cb = on_message
+        self._on_drained_cb = on_drained
+        self._delivered = False  # messages handed over since on_drained was last called
+        self._flush_due = False  # a write of what paho queued is scheduled
+        self._draining = False  # reading packets now (a drain or a poll)
+        self._drain_due = False  # a drain is scheduled after a poll
+        self._queued_since_poll = 0
         self._subscriptions = list(subscriptions)
         self._paho: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -287,13 +318,13 @@ class MqttClient:
         self._sub_mid: int | None = None
         # deliveries awaiting their PUBACK, oldest first
         self._unacked: collections.deque[_Delivery] = collections.deque()
+        self._parked: collections.deque[Message] = collections.deque()  # read while paused
         self._by_delivery: dict[int, _Delivery] = {}
         self._delivery_ids = itertools.count(1)
         # our publishes: awaiting the broker, or held while a connect is under way
         self._pending: dict[int, tuple[asyncio.Future[None], int]] = {}
         self._held: collections.deque[_Held] = collections.deque()
         self._counts = dict(received=0, published=0, acked=0, reconnects=0, connects=0)
-        self._packets = 0  # incoming packets seen by paho's callbacks: the drain's progress
 
     def __repr__(self) -> str:
         s = self.settings
@@ -382,7 +413,7 @@ class MqttClient:
     def _build(self) -> paho.Client:
         s = self.settings
         v5 = s.protocol == "5"
-        client = paho.Client(
+        client = self._paho_class(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             clean_session=None if v5 else False,
@@ -423,6 +454,8 @@ class MqttClient:
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
+        if isinstance(client, LeanClient):
+            client.on_fast_message = self._on_fast_message
         return client
 
     # ---- connecting, forever ----
@@ -509,6 +542,7 @@ class MqttClient:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             client.loop_read()  # reads EOF: paho closes the socket
+            self._end_delivery()
 
     def _set_state(self, state: State, error: str | None = "") -> None:
         self._state = state
@@ -555,6 +589,10 @@ class MqttClient:
         self._sock = sock
         self._fd = fd
         self._tls_pending = getattr(sock, "pending", None)
+        # Small packets go at once: Nagle's algorithm would hold a publish back
+        # until the broker acknowledged the bytes before it.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
         # Even when paused: the CONNACK must be read (see _may_read).
         self._loop.add_reader(self._fd, self._on_readable)
         self._reading = True
@@ -582,9 +620,13 @@ class MqttClient:
         self._fd = -1
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._sock is not None and not self._writing and self._loop is not None:
-            self._loop.add_writer(self._fd, self._on_writable)
-            self._writing = True
+        # paho queued a packet. It is written once the callbacks of this turn
+        # are done, together with whatever else they queue; the writer is
+        # watched only while the socket is full.
+        if self._sock is not None and not self._writing and not self._flush_due and \
+                self._loop is not None and threading.get_ident() == self._loop_thread:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._sock is not None and self._writing and self._loop is not None:
@@ -599,9 +641,28 @@ class MqttClient:
         except Exception:
             logger.exception("writing to the MQTT broker failed")
 
+    def _flush(self) -> None:
+        """Writes what paho has queued now; watches the writer for the rest."""
+        self._flush_due = False
+        client = self._paho
+        if client is None or self._sock is None or self._connect_busy or \
+                not client.want_write():
+            return
+        try:
+            client.loop_write()
+        except Exception:
+            logger.exception("writing to the MQTT broker failed")
+            return
+        if client.want_write() and self._sock is not None and not self._writing:
+            assert self._loop is not None
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+
     def _may_read(self) -> bool:
-        # Paused, a link still reads its CONNACK, or it could never connect.
-        return not self._paused or self._connack is None or not self._connack.done()
+        # Paused, a link still reads its CONNACK, or it could never connect; and
+        # the PUBACKs of our publishes, or nothing would ever make room again.
+        return not self._paused or self._connack is None or not self._connack.done() or \
+            bool(self._pending)
 
     def _stop_reading(self) -> None:
         if self._reading and self._loop is not None:
@@ -610,38 +671,111 @@ class MqttClient:
 
     def _on_readable(self) -> None:
         client, sock = self._paho, self._sock
-        if client is None or sock is None:
+        if client is None or sock is None or self._draining:
             return
-        tls_pending = self._tls_pending
+        self._draining = True
+        more = False
         try:
-            for _ in range(self._read_batch):
-                if not self._may_read():
-                    self._stop_reading()
-                    return
-                seen = self._packets
-                if client.loop_read() != _OK or self._sock is not sock:
-                    return
-                if self._packets == seen and not (tls_pending is not None and tls_pending()):
-                    return
+            budget = self._read_batch - self._hand_over_parked()
+            more = self._drain(client, sock, budget) if budget > 0 else True
         except Exception:
             logger.exception("reading from the MQTT broker failed")
+        finally:
+            self._draining = False
+        # PUBACKs owed and publishes the acks let out go now, not a turn later.
+        self._flush()
+        self._end_delivery()
+        if more and self._sock is sock:
+            # More is waiting: let the rest of the loop run first.
+            assert self._loop is not None
+            self._loop.call_soon(self._on_readable)
+
+    def _hand_over_parked(self) -> int:
+        """Hands over messages read while paused, up to a drain's worth."""
+        parked = self._parked
+        count = 0
+        while parked and not self._paused and count < self._read_batch:
+            count += 1
+            self._deliver(parked.popleft())
+        return count
+
+    def _drain(self, client: paho.Client, sock: socket.socket, budget: int) -> bool:
+        """Reads up to ``budget`` packets; True if more may be waiting where
+        no readiness event will announce it."""
+        lean = client if isinstance(client, LeanClient) else None
+        tls_pending = self._tls_pending
+        for n in range(budget):
+            if not self._may_read():
+                self._stop_reading()
+                return False
+            rc = lean.read_packet() if lean is not None else client.loop_read()
+            if self._sock is not sock or rc not in (_OK, _AGAIN):
+                return False
+            if n % 4 == 3 and lean is not None and lean.want_write():
+                self._flush()  # PUBACKs let publishes out: the window turns now
+            if (rc == _AGAIN or lean is None) and not (lean is not None and lean.buffered()) \
+                    and not (tls_pending is not None and tls_pending()):
+                return False  # read to the end: readiness brings the reader back
+        return True
+
+    def _poll(self) -> None:
+        """Reads what the broker has sent while a publish of ours waits for
+        room in the in-flight window. The window is the broker's Receive
+        Maximum (Mosquitto: max_inflight_messages, 20 by default), so our
+        publish rate is at most the window over the time a PUBACK waits to be
+        read: read only on the loop's turns to the socket, a turn that also
+        decodes and publishes a drain's worth of input would bound it."""
+        client, sock = self._paho, self._sock
+        if not isinstance(client, LeanClient) or sock is None or self._draining or \
+                not self._reading or self._connect_busy:
             return
-        # More is waiting: let the rest of the loop run first.
-        assert self._loop is not None
-        self._loop.call_soon(self._on_readable)
+        self._draining = True
+        more = False
+        try:
+            more = self._drain(client, sock, self._poll_batch)
+        except Exception:
+            logger.exception("reading from the MQTT broker failed")
+        finally:
+            self._draining = False
+        self._flush()
+        if (more or self._delivered) and not self._drain_due and self._sock is sock:
+            # Messages read now are handed over with the next drain's, from the loop.
+            assert self._loop is not None
+            self._drain_due = True
+            self._loop.call_soon(self._scheduled_drain)
+
+    def _scheduled_drain(self) -> None:
+        self._drain_due = False
+        self._on_readable()
+
+    def _end_delivery(self) -> None:
+        if self._delivered:
+            self._delivered = False
+            if self._on_drained_cb is not None:
+                try:
+                    self._on_drained_cb()
+                except Exception:
+                    logger.exception("handling a drain of MQTT messages failed")
 
     def pause(self) -> None:
-        """Stops reading from the broker after the packet being read; with
-        manual acks the broker holds what we have not read or not acked. While
-        publishes of ours are in flight, paho's loop_read() may hand over a few
-        more packets it read in the same call. A link being set up still reads
-        its CONNACK, so a paused client connects."""
+        """Stops handing over messages after the one being handed over; with
+        manual acks the broker holds what we have not read or not acked.
+
+        The socket is read on while publishes of ours await their PUBACK (the
+        owner may wait for them to make room): messages read meanwhile wait
+        here, in order, and are handed over on ``resume()``. A broker sends at
+        most our Receive Maximum unacknowledged, which bounds them; past four
+        times that, they are handed over regardless. Once nothing of ours is
+        pending, reading stops. A link being set up still reads its CONNACK,
+        so a paused client connects."""
         self._paused = True
-        if self._connack is not None and self._connack.done():
+        if self._connack is not None and self._connack.done() and not self._pending:
             self._stop_reading()
 
     def resume(self) -> None:
         self._paused = False
+        if self._parked and self._loop is not None:
+            self._loop.call_soon(self._on_readable)  # hands the parked ones over first
         if self._sock is not None and not self._reading and self._loop is not None:
             self._loop.add_reader(self._fd, self._on_readable)
             self._reading = True
@@ -652,15 +786,19 @@ class MqttClient:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
-        self._packets += 1
         if reason.is_failure:
             self._resolve_connack(f"the broker refused the connection: {reason}")
             return
         receive_max = getattr(properties, "ReceiveMaximum", None)
-        if receive_max is not None:
-            limit = self.settings.max_inflight
-            if limit == 0 or limit > receive_max:
-                client.max_inflight_messages_set(receive_max)
+        limit = self.settings.max_inflight
+        if receive_max is not None and (limit == 0 or limit > receive_max):
+            limit = receive_max
+        if isinstance(client, LeanClient):
+            # Before paho sends again what was in flight when the link dropped.
+            client.limit_inflight(limit)
+        elif limit != client.max_inflight_messages:
+            with contextlib.suppress(RuntimeError):  # paho refuses once connected
+                client.max_inflight_messages_set(limit)
         if not flags.session_present and self._counts["connects"] > 0:
             logger.warning("the MQTT broker kept no session for %r: messages it had queued "
                            "for us are lost", self.settings.client_id)
@@ -679,7 +817,6 @@ class MqttClient:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                       reason_codes: list[Any], properties: Any) -> None:
-        self._packets += 1
         refused = [f for f, rc in zip(self._subscriptions, reason_codes) if rc.is_failure]
         for topic_filter, _ in refused:
             logger.warning("the MQTT broker refused the subscription to %r", topic_filter)
@@ -688,7 +825,6 @@ class MqttClient:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
-        self._packets += 1
         if flags.is_disconnect_packet_from_server:
             why = f"the broker disconnected us: {reason}"
         else:
@@ -710,31 +846,59 @@ class MqttClient:
 
     def _on_paho_message(self, client: paho.Client, userdata: Any,
                          msg: paho.MQTTMessage) -> None:
-        self._packets += 1
-        self._counts["received"] += 1
-        delivery = 0
-        if msg.qos > 0:
-            delivery = next(self._delivery_ids)
-            entry = _Delivery(msg.mid, msg.qos)
-            self._unacked.append(entry)
-            self._by_delivery[delivery] = entry
+        # PUBLISH packets paho decoded itself: with properties, or QoS 2.
+        delivery = self._register(msg.qos, msg.mid)
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             logger.warning("dropped an MQTT message whose topic is not UTF-8")
             self._ack(delivery)
             return
-        message = Message(topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
-                          bool(msg.dup), delivery)
+        self._hand_over(Message(topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
+                                bool(msg.dup), delivery))
+
+    def _on_fast_message(self, topic: bytes, payload: bytes, qos: int, retain: bool, mid: int,
+                         dup: bool) -> None:
+        delivery = self._register(qos, mid)
+        try:
+            text = topic.decode()
+        except UnicodeDecodeError:
+            logger.warning("dropped an MQTT message whose topic is not UTF-8")
+            self._ack(delivery)
+            return
+        self._hand_over(Message(text, payload, qos, retain, mid, dup, delivery))
+
+    def _register(self, qos: int, mid: int) -> int:
+        """Counts a received PUBLISH; a QoS 1/2 one joins the PUBACK queue."""
+        self._counts["received"] += 1
+        if qos == 0:
+            return 0
+        delivery = next(self._delivery_ids)
+        entry = _Delivery(mid, qos)
+        self._unacked.append(entry)
+        self._by_delivery[delivery] = entry
+        return delivery
+
+    def _hand_over(self, message: Message) -> None:
+        parked = self._parked
+        if self._paused or parked:
+            parked.append(message)  # in order, behind what waits already
+            if len(parked) <= 4 * self.settings.receive_maximum:
+                return
+            message = parked.popleft()
+        self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        self._delivered = True
         try:
             self._on_message_cb(message)
         except Exception:
-            logger.exception("handling the MQTT message on %r failed; acking it", topic)
-            self._ack(delivery)
+            logger.exception("handling the MQTT message on %r failed; acking it",
+                             message.topic)
+            self._ack(message.delivery)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
-        self._packets += 1
         entry = self._pending.pop(mid, None)
         if entry is None:
             return
@@ -772,6 +936,7 @@ class MqttClient:
     def _forget_deliveries(self) -> None:
         self._unacked.clear()
         self._by_delivery.clear()
+        self._parked.clear()  # the broker sends them again
 
     # ---- publishing ----
 
@@ -811,6 +976,15 @@ class MqttClient:
             future.set_exception(MqttError(f"publish failed: {paho.error_string(rc)}"))
         else:
             self._pending[info.mid] = (future, qos)
+            if not self._reading and self._sock is not None and self._loop is not None:
+                # Paused with nothing pending stopped reading: its PUBACK must be read.
+                self._loop.add_reader(self._fd, self._on_readable)
+                self._reading = True
+            if qos and isinstance(self._paho, LeanClient) and self._paho.window_full():
+                self._queued_since_poll += 1
+                if self._queued_since_poll >= self._poll_every:
+                    self._queued_since_poll = 0
+                    self._poll()
 
     def _flush_held(self) -> None:
         while self._held:

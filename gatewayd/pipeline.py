@@ -230,6 +230,20 @@ class Pipeline:
                 return
         await self.queue.send((next(self._seq), item), self.weight(item))
 
+    def offer(self, item: Item) -> bool:
+        """Queues an item if the queue has room for it now; False if not, and
+        nothing is queued (a batch of fixes over the chunk size: ``put``)."""
+        if isinstance(item, FixBatch):
+            if not len(item):
+                return True
+            if len(item) > max(1, self.chunk_size):
+                return False
+        weight = self.weight(item)
+        if not self.queue.has_room(weight):
+            return False
+        self.queue.send_nowait((next(self._seq), item), weight)
+        return True
+
     def close(self) -> None:
         self.queue.close()
 

@@ -24,6 +24,7 @@ __all__ = [
     "JsonText",
     "Lineage",
     "Record",
+    "content_digest",
     "dead_letter",
     "dumps",
     "dumps_value",
@@ -174,16 +175,30 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_def
 # record: one is kept instead, json's own C encoder where there is one. It
 # skips the check for circular references, which records, trees made here,
 # cannot have.
-def _c_encoder() -> Any:
+def _c_encoder(key_separator: str = ":", item_separator: str = ",", *, sort_keys: bool = False,
+               allow_nan: bool = False) -> Any:
     make = getattr(json.encoder, "c_make_encoder", None)
     try:
         return make(None, _ENCODER.default, json.encoder.encode_basestring_ascii, None,
-                    ":", ",", False, False, False) if make is not None else None
+                    key_separator, item_separator, sort_keys, False,
+                    allow_nan) if make is not None else None
     except TypeError:  # pragma: no cover - another Python's private signature
         return None
 
 
 _encode = _c_encoder()
+# json.dumps(value, sort_keys=True), for content digests.
+_encode_sorted = _c_encoder(": ", ", ", sort_keys=True, allow_nan=True)
+
+
+def content_digest(value: Mapping[str, Any]) -> str:
+    """SHA-256 of ``json.dumps(value, sort_keys=True)``: names a live fix by
+    its own content, where there is no file to hash."""
+    if _encode_sorted is not None and type(value) is dict:
+        text = "".join(_encode_sorted(value, 0))
+    else:
+        text = json.dumps(value, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Record(dict[str, Any]):

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from gatewayd.errors import GatewayError, WorkerError
+from gatewayd.forkserver import WORKER_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,6 @@ __all__ = [
     "WorkerPool",
 ]
 
-# Environment a worker must have before its interpreter starts: glibc reads
-# MALLOC_ARENA_MAX at start-up, OpenBLAS and OpenMP when numpy is imported.
-WORKER_ENV = {"MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 _SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
 _SHM_PREFIX = "gatewayd-"
 

@@ -384,9 +384,14 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_pipeline_is_wedged(
         assert "gatewayd_queue_capacity" in prom.read_text()
         for pid in wedged:
             os.kill(pid, signal.SIGSTOP)  # work waits, nothing progresses
+        # Polygons always need a worker (fixes do only with zones or another CRS).
         for i in range(20):
-            doc = {"class": "TPV", "mode": 2, "lat": 50.0, "lon": 8.0 + i * 1e-3}
-            _publish(mosquitto.port, f"gatewayd/{GW}/in/gps/stuck", json.dumps(doc).encode())
+            x = 8.0 + i * 1e-3
+            ring = [[x, 50.0], [x + 1e-3, 50.0], [x + 1e-3, 50.001], [x, 50.0]]
+            doc = {"type": "Feature", "properties": {},
+                   "geometry": {"type": "Polygon", "coordinates": [ring]}}
+            _publish(mosquitto.port, f"gatewayd/{GW}/in/polygon/stuck",
+                     json.dumps(doc).encode())
         daemon.collect(3.0)  # the stall limit (2 s) passes
         silent = [t for t, n in daemon.collect(2.5) if "WATCHDOG=1" in n]
         assert silent == []  # systemd would now restart the service
@@ -477,6 +482,8 @@ def test_serial_fixes_spill_to_disk_while_the_queue_is_full_and_all_arrive_later
                     "pipeline.queue_size=4", "serial.backlog=4", "pipeline.chunk_size=2",
                     "pipeline.min_chunk_size=1",
                     "pipeline.chunk_timeout_s=60", "pipeline.overflow=spill",
+                    # Fixes need the (stopped) workers only to leave lon/lat.
+                    "crs.target=EPSG:32632",
                     f"metrics.textfile={prom}", "metrics.textfile_interval_s=1")
     stopped: list[int] = []
     try:

@@ -259,7 +259,8 @@ def _workers(daemon: Daemon) -> list[int]:
 
 
 def test_workers_killed_and_hung_cost_only_their_own_chunks(mosquitto, tmp_path, ledger):
-    daemon = _daemon(tmp_path, mosquitto.port)
+    # Fixes go to the workers to leave lon/lat (in lon/lat, with no zones, they need none).
+    daemon = _daemon(tmp_path, mosquitto.port, "crs.target=EPSG:32632")
     pub = Publisher(mosquitto.port)
     sub = Collector(mosquitto.port)
     hung: list[int] = []

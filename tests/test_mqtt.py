@@ -293,6 +293,51 @@ def test_pause_stops_delivery_and_resume_restarts_it_with_nothing_lost(
     arun(main())
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_paused_client_still_completes_its_publishes_and_keeps_what_arrives_in_order(
+        mosquitto_module: Broker, protocol: str) -> None:
+    # An owner that pauses until its results are published must not wait forever.
+    broker = mosquitto_module
+    topic = f"paused-pub-{protocol}"
+
+    async def main() -> None:
+        client, inbox = client_with_inbox(settings(broker, protocol=protocol),
+                                          [(f"{topic}/in/#", 1)])
+        async with client:
+            await client.wait_ready()
+            client.pause()
+            await mosquitto_pub(broker, f"{topic}/in/x", numbered(50))
+            for i in range(30):
+                await client.publish(f"{topic}/out", b"r%d" % i, qos=1)
+            await asyncio.sleep(0.2)
+            assert inbox.messages == []
+            client.resume()
+            await inbox.until(50)
+            assert inbox.payloads == numbered(50)
+            assert client.stats().published == 30
+
+    arun(main())
+
+
+def test_after_a_reconnect_only_a_window_of_publishes_goes_out_at_once() -> None:
+    # paho marks every unacknowledged publish for sending again; the broker's
+    # Receive Maximum allows only so many at a time.
+    from paho.mqtt.client import MQTTv5, mqtt_ms_publish, mqtt_ms_queued
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gatewayd._paho import LeanClient
+
+    client = LeanClient(CallbackAPIVersion.VERSION2, client_id="window", protocol=MQTTv5)
+    client.max_inflight_messages_set(0)
+    for i in range(50):
+        client.publish("t", b"%d" % i, qos=1)  # not connected: all wait to be sent
+    client._messages_reconnect_reset_out()
+    client.limit_inflight(20)
+    states = [m.state for m in client._out_messages.values()]
+    assert states == [mqtt_ms_publish] * 20 + [mqtt_ms_queued] * 30
+    assert not client.window_full()
+
+
 def test_a_failing_message_handler_does_not_hold_back_later_acks(
         mosquitto_module: Broker, caplog: pytest.LogCaptureFixture) -> None:
     broker = mosquitto_module

@@ -873,6 +873,15 @@ def main() -> None:
 
     rows = Rows()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} at start")
+    # The unit runs with PYTHONDONTWRITEBYTECODE=1, as does the daemon here, so
+    # it reads bytecode but never writes it: an installed package has it from
+    # pip; a checkout that was just edited would compile every module at every
+    # start, which is no part of the daemon's start-up.
+    import compileall
+
+    import gatewayd
+
+    compileall.compile_dir(str(Path(gatewayd.__file__).parent), quiet=1)
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp, \
             Broker(directory=Path(tmp) / "mosquitto",
                    max_inflight_messages=args.broker_inflight,

@@ -31,6 +31,8 @@ import time
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as paho
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
@@ -45,7 +47,9 @@ BUSY_S = 0.0002  # other work per turn of the loop in the "busy loop" cases
 
 
 class _OneReadPerEvent(MqttClient):
-    """The naive wiring: one loop_read() per readable event."""
+    """The naive wiring: paho's own client, one loop_read() per readable event."""
+
+    _paho_class = paho.Client
 
     def _on_readable(self) -> None:
         if self._paho is not None and self._sock is not None and not self._paused:
