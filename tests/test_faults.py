@@ -106,7 +106,9 @@ class Collector:
             if predicate():
                 return
             time.sleep(0.1)
-        raise AssertionError(f"{len(self.results)} results, {len(self.dead)} dead letters")
+        missing = sorted(set(range(max(self.marks() | {0}) + 1)) - self.marks())
+        raise AssertionError(f"{len(self.results)} results, {len(self.dead)} dead letters; "
+                             f"marks missing below the highest: {missing[:20]}")
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -316,7 +318,12 @@ def test_a_worker_over_its_memory_cap_costs_only_its_own_input(mosquitto, tmp_pa
             _publish(mosquitto.port, f"gatewayd/{GW}/in/lidar/mast", _pcd(frame))
 
         _stream(pub, 300, 100, {100: greedy_frame, 200: greedy_frame})
-        sub.wait(lambda: sub.marks() >= set(range(300)) and len(sub.dead) >= 2)
+        try:
+            sub.wait(lambda: sub.marks() >= set(range(300)) and len(sub.dead) >= 2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; published, not acknowledged by the broker: "
+                                 f"{sorted(set(range(300)) - pub.acked)[:20]}\n"
+                                 f"{daemon.output()[-4000:]}") from None
         assert sub.marks() == set(range(300))  # every fix, none dead-lettered
         assert [d["reason"] for d in sub.dead] == ["memory", "memory"]
         assert {d["source"] for d in sub.dead} == {"mast"}
