@@ -4,6 +4,7 @@ caps and shared arrays, and that one failure costs only its own chunk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from gatewayd.workers import (
     SharedArray,
     WorkerDied,
     WorkerPool,
+    stop_helper_processes,
 )
 
 HANDLER = "worker_tasks:handle"
@@ -252,3 +254,30 @@ def test_reconfigure_replaces_every_worker_and_loses_no_chunk():
             assert p.stats().deaths == 0 and p.stats().timeouts == 0
 
     run(main())
+
+
+def _children() -> dict[int, str]:
+    me = os.getpid()
+    found = {}
+    for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            found[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    return found
+
+
+def test_once_helpers_are_stopped_no_process_of_the_pool_is_left_behind():
+    async def use_a_pool():
+        async with pool(size=1) as p:
+            assert (await p.run("c1", ("echo", 1)))[2] == 1
+            return _children()
+
+    during = run(use_a_pool())
+    helpers = {pid for pid, cmd in during.items()
+               if "multiprocessing.forkserver" in cmd or "multiprocessing.resource_tracker" in cmd}
+    assert len(helpers) == 2, during
+    stop_helper_processes()
+    assert not helpers & set(_children())
+    for pid in helpers:  # exited and reaped, not merely signalled
+        assert not _alive(pid)
+    assert run(use_a_pool())  # a pool made afterwards starts them anew
+    stop_helper_processes()
