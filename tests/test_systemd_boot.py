@@ -570,7 +570,8 @@ def test_the_watchdog_restarts_the_service_when_the_pipeline_is_wedged(bookworm,
                        and len(p) >= 3 and p, 60, "watchdog pings")
     # At half of WatchdogSec=30s; never near the limit.
     assert max(b - a for a, b in itertools.pairwise(pings)) < 25_000_000
-    pool = workers(bookworm)
+    # The reload replaced the workers; wedge the new ones once both are there.
+    pool = wait_until(lambda: len(w := workers(bookworm)) == 2 and w, 30, "two workers")
     for pid in pool:
         bookworm.run("kill", "-STOP", str(pid))  # work waits, nothing progresses
     wedged = time.monotonic()
