@@ -67,3 +67,21 @@ $(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
 
 clean:
 	rm -rf build *.egg-info gatewayd/_native*.so gatewayd/_native.c
+
+# The shipped unit under a real systemd: Debian 12 (systemd 252) and
+# bookworm-backports (systemd 254) booted in systemd-nspawn, gatewayd installed
+# from a wheel (tests/test_systemd_boot.py). As root; the root filesystems are
+# built once and cached in $(SYSTEMD_TEST_CACHE), outside the checkout.
+SYSTEMD_TEST_CACHE ?= /var/cache/gatewayd-systemd
+SYSTEMD_TEST_APT   := systemd-container debootstrap
+
+.PHONY: systemd-test
+systemd-test: setup
+	@for p in $(SYSTEMD_TEST_APT); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $(SYSTEMD_TEST_APT) >/dev/null; break; }; \
+	done
+	GATEWAYD_SYSTEMD_CACHE=$(SYSTEMD_TEST_CACHE) $(PY) tests/nspawn.py build
+	GATEWAYD_SYSTEMD_CACHE=$(SYSTEMD_TEST_CACHE) GATEWAYD_SYSTEMD_BOOT=1 \
+	  $(PY) -m pytest -p no:cacheprovider tests/test_systemd_boot.py $(PYTEST_ARGS)

@@ -42,7 +42,7 @@ from gatewayd.errors import DecodeError, GatewayError
 from gatewayd.pipeline import Item, Pipeline, PipelineSettings
 from gatewayd.replay import zones_dir
 from gatewayd.spill import SerialBacklog
-from gatewayd.workers import WorkerPool
+from gatewayd.workers import WorkerPool, stop_helper_processes
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class Daemon:
                     return await self._serve(pool)
         finally:
             self._zones.close()
+            stop_helper_processes()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if self._notifier is not None:

@@ -54,6 +54,7 @@ __all__ = [
     "SharedArray",
     "WorkerDied",
     "WorkerPool",
+    "stop_helper_processes",
 ]
 
 _SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
@@ -667,6 +668,26 @@ class WorkerPool:
                 self._forget(worker)
                 worker.process.close()
         self._loop = None
+
+
+def stop_helper_processes() -> None:
+    """Stops the forkserver and the resource tracker that multiprocessing started
+    for this process, and waits until they have exited. Call it last, once every
+    pool has closed; a pool made afterwards starts them anew.
+
+    Left alone, both end once this process has exited and their pipes close. Under
+    systemd that is too late: with KillMode=mixed, whatever is still in the unit's
+    cgroup when the main process exits gets SIGKILL at once, and the tracker would
+    die before it unlinks what it tracks. The forkserver goes first: it holds the
+    tracker's pipe open too.
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    for helper in (forkserver._forkserver, resource_tracker._resource_tracker):
+        stop = getattr(helper, "_stop", None)  # CPython's own, since 3.8
+        if stop is not None:
+            with contextlib.suppress(OSError):
+                stop()
 
 
 def _reap(process: Any) -> None:

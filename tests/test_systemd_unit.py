@@ -153,6 +153,11 @@ def test_the_unit_carries_the_directives_the_daemon_relies_on():
     assert one["Service.DevicePolicy"] == "closed"
     assert set(d["Service.DeviceAllow"]) == {"char-ttyUSB rw", "char-ttyACM rw",
                                              "char-ttyAMA rw"}
+    # systemd resolves a device group when the unit starts and leaves out one whose
+    # driver is not loaded yet: the modular drivers are loaded first.
+    for driver in ("usbserial", "cdc_acm"):
+        for key in ("Unit.Wants", "Unit.After"):
+            assert f"modprobe@{driver}.service" in " ".join(d[key]).split(), (driver, key)
     assert one["Service.CapabilityBoundingSet"] == ""
     assert one["Service.RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
     assert one["Service.MemoryDenyWriteExecute"] == "yes"

@@ -4,6 +4,7 @@ caps and shared arrays, and that one failure costs only its own chunk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from gatewayd.workers import (
     SharedArray,
     WorkerDied,
     WorkerPool,
+    stop_helper_processes,
 )
 
 HANDLER = "worker_tasks:handle"
@@ -349,3 +351,30 @@ def test_each_finished_chunk_reports_how_long_its_worker_took():
     # Only the two that finished; a timed-out or failed chunk is counted apart.
     assert len(durations) == 2
     assert durations[0] < 0.3 <= durations[1] < 0.5
+
+
+def _children() -> dict[int, str]:
+    me = os.getpid()
+    found = {}
+    for pid in Path(f"/proc/{me}/task/{me}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            found[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    return found
+
+
+def test_once_helpers_are_stopped_no_process_of_the_pool_is_left_behind():
+    async def use_a_pool():
+        async with pool(size=1) as p:
+            assert (await p.run("c1", ("echo", 1)))[2] == 1
+            return _children()
+
+    during = run(use_a_pool())
+    helpers = {pid for pid, cmd in during.items()
+               if "multiprocessing.forkserver" in cmd or "multiprocessing.resource_tracker" in cmd}
+    assert len(helpers) == 2, during
+    stop_helper_processes()
+    assert not helpers & set(_children())
+    for pid in helpers:  # exited and reaped, not merely signalled
+        assert not _alive(pid)
+    assert run(use_a_pool())  # a pool made afterwards starts them anew
+    stop_helper_processes()
