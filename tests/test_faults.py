@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sysconfig
 import termios
 import threading
 import time
@@ -28,7 +29,9 @@ from test_daemon import GW, Daemon
 
 pytestmark = pytest.mark.slow
 OUT = Path(__file__).parent / "bench" / "out"
-FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+# Debian installs it under the multiarch triplet (x86_64-linux-gnu, aarch64-linux-gnu...).
+FAKETIME = Path("/usr/lib", sysconfig.get_config_var("MULTIARCH") or "",
+                "faketime/libfaketime.so.1")
 
 
 class Publisher:

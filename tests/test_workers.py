@@ -4,6 +4,7 @@ caps and shared arrays, and that one failure costs only its own chunk."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import time
@@ -11,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from address_space import NOT_ENFORCED, cap_enforced
 
+from gatewayd.config import load_config
+from gatewayd.pcd import encode_pcd
+from gatewayd.pointcloud import from_columns
+from gatewayd.replay import ReplayOptions, replay
 from gatewayd.workers import (
     ChunkFailed,
     ChunkMemoryError,
@@ -132,6 +138,9 @@ def test_a_chunk_that_kills_its_worker_twice_is_failed_as_worker_died(op):
 
 
 def test_memory_over_the_cap_is_a_memory_error_for_that_chunk_only():
+    if not cap_enforced():
+        pytest.skip(NOT_ENFORCED)
+
     async def main():
         async with pool(memory_limit_mb=250) as p:
             ok = asyncio.create_task(p.run("fine", ("sleep", 0.2)))
@@ -147,13 +156,15 @@ def test_memory_over_the_cap_is_a_memory_error_for_that_chunk_only():
 def test_workers_run_with_the_address_space_cap_and_one_blas_thread():
     async def main():
         async with pool(memory_limit_mb=222) as p:
-            limits, env = await p.run("limits", ("limits", None))
-            line = next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
-            assert str(222 * 1024 * 1024) in line
-            assert env["OPENBLAS_NUM_THREADS"] == "1"
-            assert env["MALLOC_ARENA_MAX"] == "2"
+            return await p.run("limits", ("limits", None))
 
-    run(main())
+    limits, env = run(main())
+    assert env["OPENBLAS_NUM_THREADS"] == "1"
+    assert env["MALLOC_ARENA_MAX"] == "2"
+    if not cap_enforced():
+        pytest.skip(NOT_ENFORCED)
+    line = next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
+    assert str(222 * 1024 * 1024) in line
 
 
 def test_handler_errors_come_back_with_their_reason_and_the_worker_stays():
@@ -252,3 +263,25 @@ def test_reconfigure_replaces_every_worker_and_loses_no_chunk():
             assert p.stats().deaths == 0 and p.stats().timeouts == 0
 
     run(main())
+
+
+def test_workers_under_the_default_cap_process_full_lidar_frames(tmp_path):
+    # The default cap of this build (pipeline.worker_memory_mb) with the
+    # daemon's own handler: 30 000-point frames, voxels, UTM to WGS84, hulls.
+    if not cap_enforced():
+        pytest.skip(NOT_ENFORCED)
+    rng = np.random.default_rng(3)
+    inputs = []
+    for i in range(3):
+        az, r = rng.uniform(0, 2 * np.pi, 30_000), rng.uniform(1.0, 60.0, 30_000)
+        frame = from_columns({"x": 513_000 + r * np.cos(az), "y": 5_402_000 + r * np.sin(az),
+                              "z": rng.normal(245.0, 1.5, 30_000)}, {})
+        inputs.append(tmp_path / f"frame{i}.pcd")
+        inputs[-1].write_bytes(encode_pcd(frame))
+    config = load_config(None, [], {})
+    summary = asyncio.run(replay(config, ReplayOptions(
+        inputs=tuple(inputs), source_crs="EPSG:32632", target_crs="EPSG:4326",
+        output=io.StringIO())))
+    assert summary.records == 3
+    assert summary.dead_letters == 0, summary.pipeline
+    assert summary.workers["memory_errors"] == 0

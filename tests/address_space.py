@@ -1,0 +1,32 @@
+"""Whether this machine applies an address-space cap (RLIMIT_AS) at all.
+
+qemu-user, which runs the ARM test suites on an x86-64 machine (cross-build/),
+accepts setrlimit(RLIMIT_AS) and applies nothing, since the limit would fall on
+the emulator itself. A test of the cap can only pass or fail where the kernel
+enforces it; this asks a child process, once.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+
+_PROBE = """
+import mmap, resource
+resource.setrlimit(resource.RLIMIT_AS, (64 << 20, 64 << 20))
+try:
+    mmap.mmap(-1, 256 << 20)
+except (OSError, MemoryError):
+    raise SystemExit(0)
+raise SystemExit(1)
+"""
+
+NOT_ENFORCED = ("setrlimit(RLIMIT_AS) is accepted but not applied here (qemu-user ignores "
+                "it): there is no cap to test")
+
+
+@functools.cache
+def cap_enforced() -> bool:
+    """True where a process capped at 64 MiB cannot map 256 MiB more."""
+    return subprocess.run([sys.executable, "-c", _PROBE], timeout=300).returncode == 0
