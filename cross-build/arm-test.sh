@@ -6,12 +6,12 @@
 #   cross-build/arm-test.sh ARCH [STEP...]      ARCH: arm64 | armhf
 #
 # Steps, in order (all by default):
-#   hostdeps  cross toolchain, qemu-user-static, debootstrap, lintian; binfmt_misc
+#   hostdeps  cross toolchain, qemu-user-static, mmdebstrap, lintian; binfmt_misc
 #   sysroot   the target's GEOS, PROJ and Python headers and libraries, unpacked
 #   wheel     the wheel, cross-compiled; no target binary runs
 #   deb       a .deb holding a private environment in /usr/lib/gatewayd
 #   lint      lintian on the .deb
-#   rootfs    a Debian 12 root filesystem of ARCH (cached)
+#   rootfs    a Debian 12 root filesystem of ARCH, made by mmdebstrap (cached)
 #   install   the .deb into the root filesystem with apt, and the test tools
 #   test      the test suite under emulation (ARM_TESTS selects test files)
 #   measure   VmSize / RSS of real workers under emulation
@@ -22,13 +22,14 @@
 #                    worker supervision, as CI runs it: `make arm-smoke`)
 #   ARM_PYTEST_ARGS  more pytest arguments (e.g. "-x -k workers")
 #   ARM_TEST_TIMEOUT per-test timeout in seconds under emulation (default 600)
+#   ARM_TIME_SCALE   how much the tests' own timeouts and waits stretch (default 10)
 #   ARM_CACHE        the cache folder, outside the source tree (default: /var/cache/gatewayd-cross)
 #   ARM_OUT          where artifacts and reports go (default: cross-build/out), as ARM_OUT/ARCH
 #   MIRROR           Debian mirror for the root filesystem (default: the host's apt source)
 #   DEB_MAINTAINER   Maintainer field of the .deb (default: the last commit's author)
 #
 # Artifacts go to cross-build/out/ARCH/, caches and staging to ARM_CACHE. Needs root
-# (apt, debootstrap, chroot, mounts).
+# (apt, mmdebstrap, chroot, mounts).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -71,12 +72,12 @@ esac
 log() { printf '\033[1m[arm-test %s] %s\033[0m\n' "$ARCH" "$*" >&2; }
 die() { printf '[arm-test %s] error: %s\n' "$ARCH" "$*" >&2; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "needs root (apt-get, debootstrap, chroot, mount)"
+[ "$(id -u)" = 0 ] || die "needs root (apt-get, mmdebstrap, chroot, mount)"
 
 # ---- host ----------------------------------------------------------------
 
-HOST_PACKAGES="gcc-$TRIPLET binutils-$TRIPLET $CROSS_LIBC qemu-user-static binfmt-support debootstrap
-               lintian dpkg-dev python3-venv file unzip"
+HOST_PACKAGES="gcc-$TRIPLET binutils-$TRIPLET $CROSS_LIBC qemu-user-static binfmt-support
+               mmdebstrap arch-test lintian dpkg-dev python3-venv file unzip"
 
 # A mirror that drops a connection or times out gets tried again, by apt on
 # the host and in the root filesystem (rootfs_apt_conf) alike.
@@ -488,14 +489,19 @@ security_mirror() {
     | head -1 || true
 }
 
-# Packages the tests need besides the .deb's own dependencies: the broker, the
-# unit checks (systemd-analyze), the test tools' virtual environment.
-# No ca-certificates: nothing in the root filesystem fetches over TLS (pip
-# installs from the host's wheels), and its postinst, a shell loop over every
-# certificate, takes minutes under emulation.
-ROOTFS_PACKAGES="python$PYVER python3-venv mosquitto mosquitto-clients openssl faketime procps
-                 systemd"
-ROOTFS_PACKAGES_armhf="python3-numpy python3-pyproj python3-shapely"
+# The root filesystem holds what the smoke needs besides the .deb's own
+# dependencies (apt brings those when the .deb is installed): the interpreter
+# and systemd-sysusers for the package's account. What only the whole suite
+# needs comes with the install step: the broker, the unit checks
+# (systemd-analyze), libfaketime, pgrep. On armhf, Debian's numpy and pyproj
+# serve (PyPI has no armv7l wheels), and shapely 2, which the tests take as
+# their oracle, is built there from source (Debian 12 has shapely 1.8).
+ROOTFS_PACKAGES="python$PYVER"
+# systemd-sysusers alone, for the smoke; the whole suite's systemd replaces it.
+ROOTFS_SYSUSERS=systemd-standalone-sysusers
+ROOTFS_PACKAGES_armhf="python3-numpy python3-pyproj python3-pip python3-wheel cython3 gcc
+                       libgeos-dev python3-dev"
+SUITE_PACKAGES="mosquitto mosquitto-clients openssl faketime procps systemd"
 
 MOUNTS=()
 chroot_mount() {
@@ -515,7 +521,7 @@ chroot_umount() {
   MOUNTS=()
 }
 
-# debootstrap's second stage mounts /proc and /sys itself; a failed run can
+# mmdebstrap mounts /proc, /sys and /dev in there while it works; a failed run can
 # leave them mounted.
 umount_under() {
   local m
@@ -537,44 +543,48 @@ in_rootfs() {
 
 step_rootfs() {
   if [ -f "$ROOTFS/.complete" ]; then log "root filesystem cached: $ROOTFS"; return 0; fi
-  local m
+  local m sec
   m=$(mirror); [ -n "$m" ] || die "no Debian mirror found in the host's apt sources; set MIRROR"
-  log "debootstrap bookworm $ARCH (under emulation; the first time takes a while)"
+  sec=$(security_mirror)
+  local sources=("deb $m bookworm main" "deb $m bookworm-updates main")
+  [ -n "$sec" ] && sources+=("deb $sec bookworm-security main")
+  log "mmdebstrap bookworm $ARCH (under emulation; the first time takes a while)"
   # A run that was killed may have left /dev, /proc... mounted in there.
   umount_under "$ROOTFS"
   rm -rf --one-file-system "$ROOTFS"
-  local extra=ROOTFS_PACKAGES_$ARCH
-  # The second stage runs the target's dpkg and maintainer scripts through
-  # binfmt_misc and qemu-user.
-  # debootstrap fetches with wget and does not retry: a dropped connection
-  # fails the run, so the whole of it is tried up to three times.
-  local try
+  local extra=ROOTFS_PACKAGES_$ARCH try
+  # One pass over bookworm, -updates and -security, so the newest packages go
+  # in once and nothing is upgraded after. Maintainer scripts run through
+  # binfmt_misc and qemu-user, and cost most of the time: documentation, man
+  # pages, translations and CA certificates are not unpacked (dpkg
+  # path-exclude, which stays for later installs), so that ca-certificates'
+  # postinst, a shell loop over every certificate, has nothing to do.
+  # mmdebstrap keeps daemons from starting while it installs; apt retries;
+  # a failed run is tried again from scratch, up to three times.
   for try in 1 2 3; do
-    if debootstrap --arch="$ARCH" --variant=minbase \
-         --include="$(echo $ROOTFS_PACKAGES ${!extra:-} | tr ' ' ,)" \
-         bookworm "$ROOTFS" "$m" > "$CACHE/debootstrap-$ARCH.log" 2>&1; then
+    if mmdebstrap --mode=root --arch="$ARCH" --variant=minbase \
+         --include="$(echo $ROOTFS_PACKAGES $ROOTFS_SYSUSERS ${!extra:-} | tr ' ' ,)" \
+         --dpkgopt='path-exclude=/usr/share/doc/*' \
+         --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+         --dpkgopt='path-exclude=/usr/share/man/*' \
+         --dpkgopt='path-exclude=/usr/share/locale/*' \
+         --dpkgopt='path-exclude=/usr/share/ca-certificates/*' \
+         --aptopt='Acquire::Retries "5"' --aptopt='Acquire::http::Timeout "60"' \
+         bookworm "$ROOTFS" "${sources[@]}" > "$CACHE/rootfs-$ARCH.log" 2>&1; then
       break
     fi
-    tail -30 "$CACHE/debootstrap-$ARCH.log" >&2
-    [ "$try" = 3 ] && die "debootstrap failed three times"
-    log "debootstrap failed (try $try); again in $((try * 20)) s"
+    tail -30 "$CACHE/rootfs-$ARCH.log" >&2
+    [ "$try" = 3 ] && die "mmdebstrap failed three times"
+    log "mmdebstrap failed (try $try); again in $((try * 20)) s"
     umount_under "$ROOTFS"
     rm -rf --one-file-system "$ROOTFS"
     sleep $((try * 20))
   done
   rootfs_apt_conf
-  {
-    echo "deb $m bookworm main"
-    echo "deb $m bookworm-updates main"
-    local s; s=$(security_mirror); [ -n "$s" ] && echo "deb $s bookworm-security main"
-  } > "$ROOTFS/etc/apt/sources.list"
-  # No daemon starts inside the chroot (mosquitto's postinst would try).
+  # No daemon starts inside the chroot later either (mosquitto's postinst
+  # would start one when the test step installs it again).
   printf '#!/bin/sh\nexit 101\n' > "$ROOTFS/usr/sbin/policy-rc.d"
   chmod 0755 "$ROOTFS/usr/sbin/policy-rc.d"
-  cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf" 2>/dev/null || true
-  chroot_mount
-  in_rootfs apt-get update -qq || log "apt-get update in the root filesystem reported errors"
-  in_rootfs apt-get -y -qq upgrade >/dev/null
   in_rootfs apt-get clean
   touch "$ROOTFS/.complete"
 }
@@ -591,11 +601,15 @@ step_install() {
   rootfs_apt_conf
   in_rootfs apt-get update -qq || true
 
-  # The test suite's own needs (a no-op when the cached root filesystem has them).
-  local extra=ROOTFS_PACKAGES_$ARCH
+  # The root filesystem's own packages (a no-op unless an older cached one
+  # lacks some), and the whole suite's when it runs (its systemd replaces
+  # systemd-standalone-sysusers).
+  local extra=ROOTFS_PACKAGES_$ARCH packages="$ROOTFS_PACKAGES"
+  packages="$packages ${!extra:-}"
+  [ "${ARM_TESTS:-}" = smoke ] || packages="$packages $SUITE_PACKAGES"
   # shellcheck disable=SC2086
-  in_rootfs apt-get install -y -qq --no-install-recommends $ROOTFS_PACKAGES ${!extra:-} >/dev/null
-  # debootstrap leaves no /etc/hosts; the tests resolve "localhost".
+  in_rootfs apt-get install -y -qq --no-install-recommends $packages >/dev/null
+  # A fresh root filesystem may have no /etc/hosts; the tests resolve "localhost".
   [ -s "$ROOTFS/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
     > "$ROOTFS/etc/hosts"
   # --reinstall: the cached root filesystem may hold the same version already.
@@ -604,17 +618,25 @@ step_install() {
   rm -f "$ROOTFS/tmp/$(basename "$pkg")"
   in_rootfs /usr/bin/gatewayd version | tee "$OUT/version.txt" >&2
   in_rootfs id gatewayd >&2
+  test_env
+}
 
-  # The test tools live in their own venv; a .pth file puts the package's
-  # private site-packages behind them, so the tests import the installed
-  # gatewayd (and, on arm64, its bundled numpy), not a copy.
-  local reqs venv=/opt/gatewayd-test
+# The test tools' environment, /opt/gatewayd-test: a venv made by hand, as the
+# package's own, and filled by the host's pip for the target platform (pip
+# under emulation is slow, and the root filesystem needs no pip or network of
+# its own for it). A .pth file puts the package's private site-packages behind
+# the tools, so the tests import the installed gatewayd (and, on arm64, its
+# bundled numpy), not a copy.
+TEST_ENV=/opt/gatewayd-test
+
+test_env() {
+  local reqs env=$ROOTFS$TEST_ENV
   reqs=$("$BUILD_PY" - "$WORK/src/pyproject.toml" "$DEBIAN_PROVIDED" <<'EOF'
 import sys, tomllib
 from packaging.requirements import Requirement
 provided = set(sys.argv[2].split())
-if provided:  # Debian provides the oracles too where PyPI has no wheels
-    provided |= {"pyproj", "shapely"}
+if provided:  # and Debian's pyproj where PyPI has no wheels (armhf)
+    provided |= {"pyproj"}
 # atheris, the fuzzing engine, has x86-64 wheels only; its tests skip without it.
 provided |= {"atheris"}
 for r in tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["test"]:
@@ -622,39 +644,69 @@ for r in tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies
         print(r)
 EOF
 )
-  if [ "$(cat "$ROOTFS$venv/.requirements" 2>/dev/null)" != "$reqs" ]; then
-    log "test tools in $venv (pip under emulation)"
-    rm -rf "${ROOTFS:?}$venv"
-    local flags=""
-    [ -n "$DEBIAN_PROVIDED" ] && flags=--system-site-packages
-    # The host fetches the wheels (pip under emulation is slow, and the
-    # chroot has no network set up of its own): wheels for the host, of which
-    # the pure ones serve the target, and the target's binary wheels.
-    local wheels=$CACHE/test-wheels-$ARCH
-    rm -rf "$wheels" && mkdir -p "$wheels"
+  if [ "$(cat "$env/.requirements" 2>/dev/null)" = "$reqs" ]; then
+    log "test tools cached in $TEST_ENV"
+  else
+    log "test tools in $TEST_ENV"
+    local wheels=$CACHE/test-wheels-$ARCH site=$env/lib/python$PYVER/site-packages
+    rm -rf "$env" "$wheels" && mkdir -p "$wheels" "$site" "$env/bin"
     echo "$reqs" > "$OUT/test-requirements.txt"
-    { "$BUILD_PY" -m pip wheel -q --disable-pip-version-check -w "$wheels" -r "$OUT/test-requirements.txt"
-      # Where numpy has no wheel for the target (armhf), its dependents cannot
-      # be resolved for the target here: only the named distributions are
-      # fetched for it (hypothesis: the newest release without a compiled part).
-      local nodeps=""
-      [ -n "$DEBIAN_PROVIDED" ] && nodeps=--no-deps
-      # shellcheck disable=SC2046
-      "$BUILD_PY" -m pip download -q --disable-pip-version-check $nodeps \
-        --only-binary=:all: --python-version $PYVER --implementation cp --abi cp311 --abi abi3 \
-        --abi none $(pip_target_platforms) -d "$wheels" -r "$OUT/test-requirements.txt"
-    } > "$OUT/test-tools.log" 2>&1 || { tail -30 "$OUT/test-tools.log" >&2; die "pip failed"; }
-    in_rootfs /usr/bin/python$PYVER -m venv $flags "$venv"
-    echo "/$SITE" > "$ROOTFS$venv/lib/python$PYVER/site-packages/gatewayd-package.pth"
-    rm -rf "$ROOTFS/tmp/test-wheels" && cp -a "$wheels" "$ROOTFS/tmp/test-wheels"
-    # shellcheck disable=SC2086
-    in_rootfs "$venv/bin/pip" install -q --disable-pip-version-check --no-index \
-      --find-links /tmp/test-wheels $reqs >> "$OUT/test-tools.log" 2>&1 \
-      || { tail -30 "$OUT/test-tools.log" >&2; die "pip failed"; }
-    rm -rf "$ROOTFS/tmp/test-wheels"
-    echo "$reqs" > "$ROOTFS$venv/.requirements"
+    # shellcheck disable=SC2207
+    local target_pip=(-q --disable-pip-version-check --no-compile --only-binary=:all:
+                      --python-version $PYVER --implementation cp --abi cp311 --abi abi3 --abi none
+                      $(pip_target_platforms) --target "$site")
+    local system_site=false
+    if [ -z "$DEBIAN_PROVIDED" ]; then
+      # Every tool and its dependencies have wheels for the target (arm64).
+      "$BUILD_PY" -m pip install "${target_pip[@]}" -r "$OUT/test-requirements.txt" \
+        > "$OUT/test-tools.log" 2>&1 || { tail -30 "$OUT/test-tools.log" >&2; die "pip failed"; }
+    else
+      # armhf: numpy has no wheel for the target, so its dependents cannot be
+      # resolved for it. The host gathers every tool and dependency as wheels
+      # (sdists become wheels), the pure ones go in as they are, numpy and
+      # pyproj are Debian's, and shapely is built for the target.
+      system_site=true
+      build_shapely "$wheels"
+      { "$BUILD_PY" -m pip wheel -q --disable-pip-version-check -w "$wheels" \
+          -r <(grep -v '^shapely' "$OUT/test-requirements.txt")
+        "$BUILD_PY" -m pip install "${target_pip[@]}" --no-deps "$wheels"/*-none-any.whl \
+          "$wheels"/shapely-2*.whl
+      } > "$OUT/test-tools.log" 2>&1 || { tail -30 "$OUT/test-tools.log" >&2; die "pip failed"; }
+    fi
+    # The package's bundled numpy serves the tests too (arm64).
+    if [ -d "$ROOTFS/$SITE/numpy" ]; then
+      rm -rf "$site"/numpy "$site"/numpy-*.dist-info "$site"/numpy.libs
+    fi
+    rm -rf "$site/bin"
+    printf 'home = /usr/bin\ninclude-system-site-packages = %s\nversion = %s\n' \
+      "$system_site" "$PYVER" > "$env/pyvenv.cfg"
+    ln -s "/usr/bin/python$PYVER" "$env/bin/python3"
+    ln -s python3 "$env/bin/python"
+    echo "/$SITE" > "$site/gatewayd-package.pth"
+    echo "$reqs" > "$env/.requirements"
   fi
-  in_rootfs "$venv/bin/python" -c 'import gatewayd, numpy; print("gatewayd from", gatewayd.__file__); print("numpy", numpy.__version__, "from", numpy.__file__)' >&2
+  in_rootfs "$TEST_ENV/bin/python" -c 'import gatewayd, numpy, shapely
+print("gatewayd from", gatewayd.__file__)
+print("numpy", numpy.__version__, "from", numpy.__file__)
+print("shapely", shapely.__version__)' >&2
+}
+
+# shapely 2, built in the root filesystem from its source (armhf: PyPI has no
+# armv7l wheel, and Debian 12's python3-shapely is 1.8); the wheel is cached.
+build_shapely() {
+  local built=$CACHE/built-wheels-$ARCH
+  if ! ls "$built"/shapely-2*.whl >/dev/null 2>&1; then
+    log "building shapely 2 under emulation (once; cached in $built)"
+    rm -rf "$ROOTFS/tmp/shapely-src" && mkdir -p "$ROOTFS/tmp/shapely-src" "$built"
+    "$BUILD_PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary shapely \
+      -d "$ROOTFS/tmp/shapely-src" "shapely>=2.0,<2.1" > "$OUT/shapely-build.log" 2>&1
+    in_rootfs /usr/bin/python3 -m pip wheel --no-deps --no-build-isolation --no-index \
+      -w /tmp/shapely-src/dist /tmp/shapely-src/shapely-*.tar.gz >> "$OUT/shapely-build.log" 2>&1 \
+      || { tail -30 "$OUT/shapely-build.log" >&2; die "shapely did not build"; }
+    cp "$ROOTFS"/tmp/shapely-src/dist/shapely-*.whl "$built/"
+    rm -rf "$ROOTFS/tmp/shapely-src"
+  fi
+  cp "$built"/shapely-2*.whl "$1/"
 }
 
 # ---- test -----------------------------------------------------------------
@@ -686,8 +738,10 @@ step_test() {
   local rc=0 started=$SECONDS
   # Debian's pyproj (armhf) looks for PROJ's data under the venv's prefix;
   # the wheel's (arm64) carries its own, which must not be overridden.
-  local env=""
-  [ -n "$DEBIAN_PROVIDED" ] && env="PROJ_DATA=/usr/share/proj"
+  # Emulated code runs 10-30x slower: the tests' own timeouts and waits scale
+  # (tests/emulation.py), their assertions do not.
+  local env="GATEWAYD_TEST_TIME_SCALE=${ARM_TIME_SCALE:-10}"
+  [ -n "$DEBIAN_PROVIDED" ] && env="$env PROJ_DATA=/usr/share/proj"
   # shellcheck disable=SC2086
   in_rootfs $env /bin/sh -c "cd /opt/gatewayd-src && exec /opt/gatewayd-test/bin/python -m pytest \
       -p no:cacheprovider --continue-on-collection-errors \

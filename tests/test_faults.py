@@ -24,6 +24,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from broker import Broker
+from emulation import TIME_SCALE
 from paho.mqtt.enums import CallbackAPIVersion
 from test_daemon import GW, Daemon
 
@@ -103,7 +104,7 @@ class Collector:
             return {r["id"] for r in self.results} | {i for d in self.dead for i in d["items"]}
 
     def wait(self, predicate, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIME_SCALE
         while time.monotonic() < deadline:
             if predicate():
                 return

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from address_space import NOT_ENFORCED, cap_enforced
+from emulation import NOT_ENFORCED, cap_enforced
 
 from gatewayd.config import load_config
 from gatewayd.pcd import encode_pcd
