@@ -494,13 +494,13 @@ security_mirror() {
 # and systemd-sysusers for the package's account. What only the whole suite
 # needs comes with the install step: the broker, the unit checks
 # (systemd-analyze), libfaketime, pgrep. On armhf, Debian's numpy and pyproj
-# serve (PyPI has no armv7l wheels), and shapely 2, which the tests take as
+# serve (PyPI has no armv7l wheels), and shapely 2.1, which the tests take as
 # their oracle, is built there from source (Debian 12 has shapely 1.8).
 ROOTFS_PACKAGES="python$PYVER"
 # systemd-sysusers alone, for the smoke; the whole suite's systemd replaces it.
 ROOTFS_SYSUSERS=systemd-standalone-sysusers
-ROOTFS_PACKAGES_armhf="python3-numpy python3-pyproj python3-pip python3-wheel cython3 gcc
-                       libgeos-dev python3-dev"
+ROOTFS_PACKAGES_armhf="python3-numpy python3-pyproj python3-pip python3-wheel gcc libgeos-dev
+                       python3-dev"
 SUITE_PACKAGES="mosquitto mosquitto-clients openssl faketime procps systemd"
 
 MOUNTS=()
@@ -560,8 +560,11 @@ step_rootfs() {
   # path-exclude, which stays for later installs), so that ca-certificates'
   # postinst, a shell loop over every certificate, has nothing to do.
   # mmdebstrap keeps daemons from starting while it installs; apt retries;
-  # a failed run is tried again from scratch, up to three times.
+  # a failed run is tried again from scratch, up to three times, the last
+  # time from bookworm alone (an index of -updates or -security caught in a
+  # mirror's sync fails the whole of apt-get update).
   for try in 1 2 3; do
+    [ "$try" = 3 ] && sources=("deb $m bookworm main")
     if mmdebstrap --mode=root --arch="$ARCH" --variant=minbase \
          --include="$(echo $ROOTFS_PACKAGES $ROOTFS_SYSUSERS ${!extra:-} | tr ' ' ,)" \
          --dpkgopt='path-exclude=/usr/share/doc/*' \
@@ -663,14 +666,19 @@ EOF
     else
       # armhf: numpy has no wheel for the target, so its dependents cannot be
       # resolved for it. The host gathers every tool and dependency as wheels
-      # (sdists become wheels), the pure ones go in as they are, numpy and
-      # pyproj are Debian's, and shapely is built for the target.
+      # (sdists become wheels), of which the pure ones serve; each tool's own
+      # wheel for the target where it has a compiled part (hypothesis); numpy
+      # and pyproj are Debian's, and shapely is built for the target.
       system_site=true
       build_shapely "$wheels"
+      # shellcheck disable=SC2046
       { "$BUILD_PY" -m pip wheel -q --disable-pip-version-check -w "$wheels" \
           -r <(grep -v '^shapely' "$OUT/test-requirements.txt")
+        "$BUILD_PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+          --python-version $PYVER --implementation cp --abi cp311 --abi abi3 --abi none \
+          $(pip_target_platforms) -d "$wheels" -r <(grep -v '^shapely' "$OUT/test-requirements.txt")
         "$BUILD_PY" -m pip install "${target_pip[@]}" --no-deps "$wheels"/*-none-any.whl \
-          "$wheels"/shapely-2*.whl
+          "$wheels"/*"$MACHINE".whl
       } > "$OUT/test-tools.log" 2>&1 || { tail -30 "$OUT/test-tools.log" >&2; die "pip failed"; }
     fi
     # The package's bundled numpy serves the tests too (arm64).
@@ -685,28 +693,33 @@ EOF
     echo "/$SITE" > "$site/gatewayd-package.pth"
     echo "$reqs" > "$env/.requirements"
   fi
-  in_rootfs "$TEST_ENV/bin/python" -c 'import gatewayd, numpy, shapely
+  in_rootfs "$TEST_ENV/bin/python" -c 'import gatewayd, numpy, shapely, hypothesis, pytest
 print("gatewayd from", gatewayd.__file__)
 print("numpy", numpy.__version__, "from", numpy.__file__)
 print("shapely", shapely.__version__)' >&2
 }
 
-# shapely 2, built in the root filesystem from its source (armhf: PyPI has no
-# armv7l wheel, and Debian 12's python3-shapely is 1.8); the wheel is cached.
+# shapely 2.1 (the oracle's make_valid(method=...) is 2.1's), built in the
+# root filesystem from its source: PyPI has no armv7l wheel, and Debian 12's
+# python3-shapely is 1.8. It builds against Debian's numpy, with Cython from
+# its pure-Python wheel (Debian's cython3 is 0.29); the wheel is cached.
 build_shapely() {
-  local built=$CACHE/built-wheels-$ARCH
-  if ! ls "$built"/shapely-2*.whl >/dev/null 2>&1; then
-    log "building shapely 2 under emulation (once; cached in $built)"
-    rm -rf "$ROOTFS/tmp/shapely-src" && mkdir -p "$ROOTFS/tmp/shapely-src" "$built"
-    "$BUILD_PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary shapely \
-      -d "$ROOTFS/tmp/shapely-src" "shapely>=2.0,<2.1" > "$OUT/shapely-build.log" 2>&1
-    in_rootfs /usr/bin/python3 -m pip wheel --no-deps --no-build-isolation --no-index \
-      -w /tmp/shapely-src/dist /tmp/shapely-src/shapely-*.tar.gz >> "$OUT/shapely-build.log" 2>&1 \
-      || { tail -30 "$OUT/shapely-build.log" >&2; die "shapely did not build"; }
-    cp "$ROOTFS"/tmp/shapely-src/dist/shapely-*.whl "$built/"
-    rm -rf "$ROOTFS/tmp/shapely-src"
+  local built=$CACHE/built-wheels-$ARCH src=/tmp/shapely-src
+  if ! ls "$built"/shapely-2.1*.whl >/dev/null 2>&1; then
+    log "building shapely 2.1 under emulation (once; cached in $built)"
+    rm -rf "$ROOTFS$src" && mkdir -p "$ROOTFS$src/cython" "$built"
+    { "$BUILD_PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary shapely \
+        -d "$ROOTFS$src" "shapely>=2.1,<2.2"
+      "$BUILD_PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+        --platform any --implementation py --python-version $PYVER -d "$ROOTFS$src" "cython>=3.0.10"
+      unzip -q "$ROOTFS$src"/cython-*.whl -d "$ROOTFS$src/cython"
+      in_rootfs PYTHONPATH=$src/cython /usr/bin/python3 -m pip wheel --no-deps --no-build-isolation \
+        --no-index -w $src/dist "$(cd "$ROOTFS$src" && ls shapely-*.tar.gz | sed "s|^|$src/|")"
+    } > "$OUT/shapely-build.log" 2>&1 || { tail -30 "$OUT/shapely-build.log" >&2; die "shapely did not build"; }
+    cp "$ROOTFS$src"/dist/shapely-*.whl "$built/"
+    rm -rf "$ROOTFS$src"
   fi
-  cp "$built"/shapely-2*.whl "$1/"
+  cp "$built"/shapely-2.1*.whl "$1/"
 }
 
 # ---- test -----------------------------------------------------------------
