@@ -28,7 +28,7 @@ _MiB = 1 << 20
 # The default address-space cap (RLIMIT_AS) of a worker, in MiB, by the width
 # of the interpreter's pointers. What a worker maps is set by the build, not by
 # the board's RAM: at its peak on 30 000-point LiDAR frames a worker mapped
-# 142 MiB on x86-64 and 147 MiB on aarch64, but 64 MiB on 32-bit armhf, where
+# 139 MiB on x86-64 and 143 MiB on aarch64, but 65 MiB on 32-bit armhf, where
 # glibc's malloc arenas and numpy reserve far less (cross-build/README.md,
 # measured per architecture). The 32-bit cap leaves more room above its peak,
 # since that figure comes from emulation and numpy's BLAS there is whichever
