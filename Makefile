@@ -85,3 +85,23 @@ systemd-test: setup
 	GATEWAYD_SYSTEMD_CACHE=$(SYSTEMD_TEST_CACHE) $(PY) tests/nspawn.py build
 	GATEWAYD_SYSTEMD_CACHE=$(SYSTEMD_TEST_CACHE) GATEWAYD_SYSTEMD_BOOT=1 \
 	  $(PY) -m pytest -p no:cacheprovider tests/test_systemd_boot.py $(PYTEST_ARGS)
+
+# ---- ARM builds: cross-build/README.md -------------------------------------
+# make arm-test ARCH=arm64|armhf   cross-build, package, lintian, the whole test
+#   suite under qemu-user in a Debian 12 root filesystem of ARCH, and worker
+#   memory (as root; the root filesystem is cached in /var/cache/gatewayd-cross).
+#   ARM_TESTS picks tests ("smoke", or files); ARM_STEPS picks steps ("wheel deb lint").
+# make arm-smoke ARCH=arm64        what CI runs: every step but measure, smoke tests.
+ARCH      ?= arm64
+ARM_TESTS ?=
+ARM_STEPS ?=
+ARM_SMOKE_STEPS := hostdeps sysroot wheel deb lint rootfs install test
+ARM_ENV   := ARM_TESTS,ARM_PYTEST_ARGS,ARM_TEST_TIMEOUT,ARM_TIME_SCALE,ARM_CACHE,ARM_OUT,MIRROR
+
+.PHONY: arm-test arm-smoke
+arm-test:
+	@if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo --preserve-env=$(ARM_ENV)"; fi; \
+	ARM_TESTS='$(ARM_TESTS)' $$SUDO cross-build/arm-test.sh $(ARCH) $(ARM_STEPS)
+
+arm-smoke:
+	@$(MAKE) --no-print-directory arm-test ARCH=$(ARCH) ARM_TESTS=smoke ARM_STEPS='$(ARM_SMOKE_STEPS)'

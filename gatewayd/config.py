@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
+import struct
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,26 @@ from typing import Any
 
 from gatewayd.errors import ConfigError
 
-__all__ = ["Config", "PortSpec", "load_config", "parse_port", "render_config"]
+__all__ = ["Config", "PortSpec", "default_worker_memory_mb", "load_config", "parse_port",
+           "render_config"]
 
 _MiB = 1 << 20
+
+# The default address-space cap (RLIMIT_AS) of a worker, in MiB, by the width
+# of the interpreter's pointers. What a worker maps is set by the build, not by
+# the board's RAM: at its peak on 30 000-point LiDAR frames a worker mapped
+# 139 MiB on x86-64 and 143 MiB on aarch64, but 65 MiB on 32-bit armhf, where
+# glibc's malloc arenas and numpy reserve far less (cross-build/README.md,
+# measured per architecture). The 32-bit cap leaves more room above its peak,
+# since that figure comes from emulation and numpy's BLAS there is whichever
+# the board has installed.
+_WORKER_MEMORY_MB = {64: 180, 32: 120}
+
+
+def default_worker_memory_mb(pointer_bits: int | None = None) -> int:
+    """``pipeline.worker_memory_mb`` when unset: by this build's pointer width."""
+    bits = pointer_bits or struct.calcsize("P") * 8
+    return _WORKER_MEMORY_MB.get(bits, _WORKER_MEMORY_MB[64])
 
 
 def _topic_level(value: str) -> str | None:
@@ -125,7 +143,7 @@ class PipelineSection:
     min_chunk_size: int = _opt(_in(1, 65_536), default=16)
     chunk_timeout_s: float = _opt(_positive, default=4.0)
     workers: int = _opt(_in(0, 64), default=2)  # 0: one per CPU
-    worker_memory_mb: int = _opt(_in(32, 65_536), default=180)
+    worker_memory_mb: int = _opt(_in(32, 65_536), default_factory=default_worker_memory_mb)
     retries: int = _opt(_in(0, 10), default=1)
     max_payload_bytes: int = _opt(_in(1, 1 << 34), default=16 * _MiB)
     max_points_per_frame: int = _opt(_in(1, 1 << 31), default=2_000_000)

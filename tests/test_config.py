@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatewayd.config import load_config, render_config
+from gatewayd.config import default_worker_memory_mb, load_config, render_config
 from gatewayd.errors import ConfigError
 
 
@@ -137,3 +137,17 @@ def test_a_password_file_others_can_read_is_refused(tmp_path):
     assert "s3cret" not in render_config(config)
     with pytest.raises(ConfigError, match=r"needs mqtt\.username"):
         load_config(None, [f"mqtt.password_file={secret}"], {})
+
+
+def test_the_worker_memory_cap_defaults_by_the_pointer_width_of_the_build():
+    import struct
+
+    # A 32-bit worker maps far less address space (cross-build/README.md).
+    assert default_worker_memory_mb(64) == 180
+    assert 64 < default_worker_memory_mb(32) < default_worker_memory_mb(64)
+    config = load_config(None, [], {})
+    bits = struct.calcsize("P") * 8
+    assert config.pipeline.worker_memory_mb == default_worker_memory_mb(bits)
+    assert config.provenance["pipeline.worker_memory_mb"] == "default"
+    assert load_config(None, ["pipeline.worker_memory_mb=300"], {}).pipeline.worker_memory_mb \
+        == 300

@@ -232,7 +232,32 @@ def test_exception_adds_one_line_summary_errno_and_traceback_fields(journal, log
     assert "TRACEBACK" in binary_fields(data)
 
 
+def _empty_datagrams_carry_descriptors() -> bool:
+    """journald takes a memfd in a datagram with no payload at all. qemu-user
+    (the ARM test runs, cross-build/) reports such a sendmsg as sent and
+    delivers nothing; a kernel delivers it."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        r, w = os.pipe()
+        try:
+            a.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+        finally:
+            os.close(r)
+            os.close(w)
+        b.settimeout(2.0)
+        try:
+            _data, ancdata, _flags, _addr = b.recvmsg(16, socket.CMSG_SPACE(4))
+        except TimeoutError:
+            return False
+        for _level, _kind, fds in ancdata:
+            for fd in array.array("i", fds[: len(fds) - len(fds) % 4]):
+                os.close(fd)
+        return True
+
+
 def test_large_entry_goes_through_a_sealed_memfd(journal, logger):
+    if not _empty_datagrams_carry_descriptors():
+        pytest.skip("an empty datagram with SCM_RIGHTS is lost here (qemu-user drops it)")
     # A small send buffer makes the datagram too large for the kernel (EMSGSIZE)
     # whatever net.core.wmem_max allows on this host.
     attach(logger, JournalHandler(str(journal.path), send_buffer=64 * 1024))

@@ -480,7 +480,9 @@ def test_get_metrics_over_a_real_socket():
 def test_a_standard_http_client_reads_the_endpoint():
     async def main() -> None:
         async with MetricsServer(_registry(), "localhost", port=0) as server:
-            url = f"http://127.0.0.1:{server.port}/metrics"
+            # Where localhost is also ::1 (Debian's /etc/hosts), port 0 gives
+            # each address its own port: the client tries each address too.
+            url = f"http://localhost:{server.port}/metrics"
 
             def fetch() -> tuple[str, str]:
                 with urllib.request.urlopen(url, timeout=5) as response:

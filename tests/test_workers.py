@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from emulation import NOT_ENFORCED, cap_enforced
 
+from gatewayd.config import load_config
+from gatewayd.pcd import encode_pcd
+from gatewayd.pointcloud import from_columns
+from gatewayd.replay import ReplayOptions, replay
 from gatewayd.workers import (
     ChunkFailed,
     ChunkMemoryError,
@@ -28,16 +32,8 @@ from gatewayd.workers import (
 HANDLER = "worker_tasks:handle"
 
 
-def _address_space_cap_holds() -> bool:
-    """Whether setrlimit(RLIMIT_AS) is applied here: qemu-user, which runs the
-    ARM builds' tests, accepts it and applies nothing."""
-    code = ("import mmap, resource; resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20));"
-            " mmap.mmap(-1, 512 << 20)")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode != 0
-
-
-needs_cap = pytest.mark.skipif(not _address_space_cap_holds(),
-                               reason="setrlimit(RLIMIT_AS) is accepted but not applied here")
+# Where the kernel applies RLIMIT_AS (not under qemu-user).
+needs_cap = pytest.mark.skipif(not cap_enforced(), reason=NOT_ENFORCED)
 
 
 def pool(**kw):
@@ -196,13 +192,13 @@ def test_a_worker_leaving_after_a_memory_error_is_replaced_without_a_death_warni
 def test_workers_run_with_the_address_space_cap_and_one_blas_thread():
     async def main():
         async with pool(memory_limit_mb=222) as p:
-            limits, env = await p.run("limits", ("limits", None))
-            line = next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
-            assert str(222 * 1024 * 1024) in line
-            assert env["OPENBLAS_NUM_THREADS"] == "1"
-            assert env["MALLOC_ARENA_MAX"] == "2"
+            return await p.run("limits", ("limits", None))
 
-    run(main())
+    limits, env = run(main())
+    assert env["OPENBLAS_NUM_THREADS"] == "1"
+    assert env["MALLOC_ARENA_MAX"] == "2"
+    line = next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
+    assert str(222 * 1024 * 1024) in line
 
 
 def test_handler_errors_come_back_with_their_reason_and_the_worker_stays():
@@ -378,3 +374,24 @@ def test_once_helpers_are_stopped_no_process_of_the_pool_is_left_behind():
         assert not _alive(pid)
     assert run(use_a_pool())  # a pool made afterwards starts them anew
     stop_helper_processes()
+
+
+@needs_cap
+def test_workers_under_the_default_cap_process_full_lidar_frames(tmp_path):
+    # The default cap of this build (pipeline.worker_memory_mb) with the
+    # daemon's own handler: 30 000-point frames, voxels, UTM to WGS84, hulls.
+    rng = np.random.default_rng(3)
+    inputs = []
+    for i in range(3):
+        az, r = rng.uniform(0, 2 * np.pi, 30_000), rng.uniform(1.0, 60.0, 30_000)
+        frame = from_columns({"x": 513_000 + r * np.cos(az), "y": 5_402_000 + r * np.sin(az),
+                              "z": rng.normal(245.0, 1.5, 30_000)}, {})
+        inputs.append(tmp_path / f"frame{i}.pcd")
+        inputs[-1].write_bytes(encode_pcd(frame))
+    config = load_config(None, [], {})
+    summary = asyncio.run(replay(config, ReplayOptions(
+        inputs=tuple(inputs), source_crs="EPSG:32632", target_crs="EPSG:4326",
+        output=io.StringIO())))
+    assert summary.records == 3
+    assert summary.dead_letters == 0, summary.pipeline
+    assert summary.workers["memory_errors"] == 0
