@@ -42,7 +42,7 @@ def from_columns(columns: dict[str, np.ndarray], meta: dict[str, Any], crs: str 
     points with a non-finite coordinate are dropped and counted."""
     if xyz is None:
         xyz = np.column_stack([columns.pop(k).astype(np.float64) for k in ("x", "y", "z")])
-    finite = np.isfinite(xyz).all(axis=1)
+    finite = np.isfinite(xyz[:, 0]) & np.isfinite(xyz[:, 1]) & np.isfinite(xyz[:, 2])
     dropped = int(len(xyz) - finite.sum())
     fields = {k: np.ascontiguousarray(v) for k, v in columns.items()}
     frame = PointFrame(np.ascontiguousarray(xyz, dtype=np.float64), fields, crs, 0, meta)

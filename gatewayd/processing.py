@@ -248,7 +248,7 @@ def handle_block(task: BlockTask, points: np.ndarray) -> BlockResult:
         failed += geometry.transform(compact, task.crs_from, task.crs_to, inplace=True).failed
     voxels = _voxels(grid, size) if size > 0 and not task.finish else None
     if failed:
-        finite = np.isfinite(compact).all(axis=1)
+        finite = _finite_rows(compact)
         kept, compact = kept[finite], np.ascontiguousarray(compact[finite])
         if voxels is not None:
             voxels = voxels[finite]
@@ -286,7 +286,10 @@ def _outline(xyz: np.ndarray, crs_to: str, dst_geographic: bool
     """A frame's box in its CRS, and its footprint (lon/lat) and zones."""
     if not len(xyz):
         return None, None, ()
-    bbox = tuple(float(v) for v in (*xyz.min(axis=0), *xyz.max(axis=0)))
+    # Column by column: numpy's min(axis=0) over (N, 3) rows is ten times slower.
+    columns = range(xyz.shape[1])
+    bbox = tuple(float(xyz[:, k].min()) for k in columns) + \
+        tuple(float(xyz[:, k].max()) for k in columns)
     hull = geometry.convex_hull(np.ascontiguousarray(xyz))
     hull_lonlat = hull if dst_geographic else geometry.transform(hull, crs_to, LONLAT).points
     footprint, zones = _footprint(hull_lonlat)
@@ -313,3 +316,12 @@ def _footprint(hull_points: np.ndarray) -> tuple[dict[str, Any] | None, tuple[st
     if len(hull) < 4:
         return None, zones
     return {"type": "Polygon", "coordinates": [hull.tolist()]}, zones
+
+
+def _finite_rows(xyz: np.ndarray) -> np.ndarray:
+    """Which rows are finite in every column (column by column: faster than
+    isfinite(...).all(axis=1) on rows of three)."""
+    finite: np.ndarray = np.isfinite(xyz[:, 0])
+    for k in range(1, xyz.shape[1]):
+        finite &= np.isfinite(xyz[:, k])
+    return finite
