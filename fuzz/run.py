@@ -71,6 +71,23 @@ def parse(target: str, output: str, returncode: int, seconds: float,
     return result
 
 
+def execute(target: str, command: list[str], seconds: int, artifacts: Path,
+            env: dict[str, str] | None = None) -> Result:
+    """Runs one libFuzzer command (artifacts prefixed ``<target>-`` in
+    ``artifacts``), keeps its log there, and reads what it reached."""
+    started = time.monotonic()
+    # libFuzzer's own -max_total_time ends the run; this is only the backstop.
+    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace", timeout=seconds * 2 + 120,
+                          check=False)
+    elapsed = time.monotonic() - started
+    log = artifacts / f"{target}.log"
+    log.write_text(proc.stdout)
+    result = parse(target, proc.stdout, proc.returncode, elapsed, artifacts)
+    result.log = log
+    return result
+
+
 def run(target: str, seconds: int, rss_limit_mb: int, timeout_s: int, artifacts: Path,
         corpus: Path, extra: list[str]) -> Result:
     corpus.mkdir(parents=True, exist_ok=True)
@@ -83,17 +100,22 @@ def run(target: str, seconds: int, rss_limit_mb: int, timeout_s: int, artifacts:
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)}
-    started = time.monotonic()
-    # libFuzzer's own -max_total_time ends the run; this is only the backstop.
-    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace", timeout=seconds * 2 + 120,
-                          check=False)
-    elapsed = time.monotonic() - started
-    log = artifacts / f"{target}.log"
-    log.write_text(proc.stdout)
-    result = parse(target, proc.stdout, proc.returncode, elapsed, artifacts)
-    result.log = log
-    return result
+    return execute(target, command, seconds, artifacts, env)
+
+
+def report(results: list[Result], artifacts: Path) -> int:
+    """Prints the table of results; 1 if any target crashed or did not run."""
+    print(f"{'target':8} {'runs':>9} {'exec/s':>8} {'cov':>6} {'ft':>6} {'corpus':>12} "
+          f"{'crashes':>7}")
+    for r in results:
+        print(f"{r.target:8} {r.runs:>9} {r.execs_per_s:>8.0f} {r.cov:>6} {r.ft:>6} "
+              f"{r.corpus:>12} {r.crashes:>7}")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"{r.target}: exit {r.returncode}, {r.crashes} crashes; log {r.log}",
+              file=sys.stderr)
+    print(f"artifacts and logs: {artifacts}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,17 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(f"{target}: {result.runs} runs, cov {result.cov}, ft {result.ft}, "
                   f"{result.crashes} crashes", file=sys.stderr, flush=True)
-    print(f"{'target':8} {'runs':>9} {'exec/s':>8} {'cov':>6} {'ft':>6} {'corpus':>12} "
-          f"{'crashes':>7}")
-    for r in results:
-        print(f"{r.target:8} {r.runs:>9} {r.execs_per_s:>8.0f} {r.cov:>6} {r.ft:>6} "
-              f"{r.corpus:>12} {r.crashes:>7}")
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        print(f"{r.target}: exit {r.returncode}, {r.crashes} crashes; log {r.log}",
-              file=sys.stderr)
-    print(f"artifacts and logs: {artifacts}", file=sys.stderr)
-    return 1 if failed else 0
+    return report(results, artifacts)
 
 
 if __name__ == "__main__":
