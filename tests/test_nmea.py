@@ -169,6 +169,26 @@ def test_sentences_up_to_130_bytes_are_accepted_and_longer_ones_dropped():
     assert d.stats().too_long == 1 and fixes == []
 
 
+def test_a_sentence_at_the_scan_limit_is_judged_alike_wherever_the_block_ends():
+    # 130 bytes and 9 trailing blanks: the scan stops right before its CR,
+    # where a block may end too; the blanks go, and the sentence counts.
+    pad = "0" * (131 - len("$GPGGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,10.0,M,,M,,*hh"))
+    padded = s(f"GPGGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,10.{pad},M,,M,,")
+    padded = padded[:-2] + b" " * 9 + b"\r\n"
+    # and one of 139 bytes, too long, closed by a lone LF
+    too_long = b"$GPTXT," + b"x" * 132 + b"\n"
+    for data in (padded, too_long):
+        cut = len(data.rstrip(b"\r\n"))
+        whole, d1 = decode(data)
+        d2 = NmeaDecoder()
+        pieces = d2.feed(data[:cut]) + d2.feed(data[cut:]) + d2.flush()
+        assert pieces == whole and d2.stats() == d1.stats()
+        assert d1.stats().garbage_bytes == 0
+    assert d1.stats().too_long == 1
+    fixes, d = decode(padded)
+    assert d.stats().too_long == 0 and fixes[0].altMSL == pytest.approx(10.0)
+
+
 def test_every_supported_talker_is_read_and_others_skipped():
     for talker in ("GP", "GN", "GL", "GA", "GB", "BD", "QZ", "GI", "GQ"):
         body = f"{talker}GGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,5.0,M,,M,,"
@@ -327,3 +347,4 @@ def test_fix_json_written_in_c_is_what_json_dumps_writes():
         else:
             assert text == want
     assert 0 < fallback < n // 2
+

@@ -82,7 +82,10 @@ static int gw_next_sentence(const uint8_t *buf, int64_t n, int64_t pos, int64_t 
         *status = gw_closed_by_checksum(buf, s, e) ? gw_judge(buf, s, e, max_len)
                                                    : GW_NMEA_TRUNCATED;
         *next = e;
-    } else if (e - s > max_len + 8) {
+    } else if (e - s > max_len + 8 && (e < n || final)) {
+        /* Too long, seen by the byte after it: when the block ends there,
+         * that byte (a CR or LF closing the sentence, or not) is awaited,
+         * so that where blocks end changes nothing. */
         *status = GW_NMEA_TOO_LONG;
         *next = e;
     } else if (final) {
