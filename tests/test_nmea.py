@@ -348,3 +348,20 @@ def test_fix_json_written_in_c_is_what_json_dumps_writes():
             assert text == want
     assert 0 < fallback < n // 2
 
+
+def test_fix_json_fills_a_buffer_of_exactly_its_size():
+    import numpy as np
+
+    from gatewayd._native import ffi, lib
+
+    rows = NmeaDecoder().feed_block(cycle("120000.00") + cycle("120001.00")).rows
+    n = len(rows)
+    fixes = ffi.from_buffer("gw_fix[]", rows)
+    roomy, ends = ffi.new("char[]", n * 512), np.empty(n, dtype=np.int64)
+    used = lib.gw_fix_json(fixes, n, roomy, n * 512, ffi.from_buffer("int64_t[]", ends))
+    assert used > 0 and ends[-1] == used
+    exact = ffi.new("char[]", used)
+    assert lib.gw_fix_json(fixes, n, exact, used, ffi.from_buffer("int64_t[]", ends)) == used
+    assert ffi.unpack(exact, used) == ffi.unpack(roomy, used)
+    short = ffi.new("char[]", used - 1)
+    assert lib.gw_fix_json(fixes, n, short, used - 1, ffi.from_buffer("int64_t[]", ends)) == -1

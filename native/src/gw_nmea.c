@@ -1912,11 +1912,21 @@ int64_t gw_fix_json(const gw_fix *fixes, int64_t n, char *out, int64_t cap, int6
                 ok = 0;
                 break;
             }
-            int64_t need = (int64_t)strlen(gw_value_names[k]) + len + 4;
+            /* Copied, not printed: out holds no terminating NUL, so a member
+             * that just fits must be written whole. */
+            int64_t name_len = (int64_t)strlen(gw_value_names[k]);
+            int64_t need = name_len + len + 4;
             if (used + need > cap)
                 return -1;
-            used += snprintf(out + used, (size_t)(cap - used), ",\"%s\":%s",
-                             gw_value_names[k], number);
+            char *at = out + used;
+            *at++ = ',';
+            *at++ = '"';
+            memcpy(at, gw_value_names[k], (size_t)name_len);
+            at += name_len;
+            *at++ = '"';
+            *at++ = ':';
+            memcpy(at, number, (size_t)len);
+            used += need;
         }
         if (!ok)
             used = start;
