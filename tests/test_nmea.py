@@ -352,16 +352,24 @@ def test_fix_json_written_in_c_is_what_json_dumps_writes():
 def test_fix_json_fills_a_buffer_of_exactly_its_size():
     import numpy as np
 
+    from gatewayd import nmea
     from gatewayd._native import ffi, lib
 
     rows = NmeaDecoder().feed_block(cycle("120000.00") + cycle("120001.00")).rows
+    # and last, a fix with a value too small for fixed point, left to Python
+    rows = np.concatenate([rows, rows[-1:]])
+    rows[-1]["values"][13] = 1e-5
+    rows[-1]["present"] |= 1 << 13
     n = len(rows)
     fixes = ffi.from_buffer("gw_fix[]", rows)
-    roomy, ends = ffi.new("char[]", n * 512), np.empty(n, dtype=np.int64)
-    used = lib.gw_fix_json(fixes, n, roomy, n * 512, ffi.from_buffer("int64_t[]", ends))
-    assert used > 0 and ends[-1] == used
-    exact = ffi.new("char[]", used)
-    assert lib.gw_fix_json(fixes, n, exact, used, ffi.from_buffer("int64_t[]", ends)) == used
-    assert ffi.unpack(exact, used) == ffi.unpack(roomy, used)
-    short = ffi.new("char[]", used - 1)
-    assert lib.gw_fix_json(fixes, n, short, used - 1, ffi.from_buffer("int64_t[]", ends)) == -1
+    ends = np.empty(n, dtype=np.int64)
+
+    def write(cap: int) -> tuple[int, bytes]:
+        out = ffi.new("char[]", max(cap, 1))
+        used = lib.gw_fix_json(fixes, n, out, cap, ffi.from_buffer("int64_t[]", ends))
+        return used, ffi.unpack(out, max(used, 0))
+
+    used, roomy = write(n * nmea._JSON_PER_FIX)
+    assert used > 0 and ends[-2] == used and ends[-1] == -1
+    assert write(used) == (used, roomy)
+    assert write(used - 1)[0] == -1

@@ -1896,41 +1896,47 @@ static int gw_json_number(double v, int digits, char *out, size_t cap)
 /* The values of fixes[0..n) as JSON members (',"lat":48.1173,...', after
  * time and mode), one after another in out; ends[i] is where fix i's end, or
  * -1 for a fix Python must write (a value too small for fixed point). Returns
- * the bytes written, or -1 when out is too small. */
+ * the bytes written, or -1 when out is too small for them. A fix's numbers
+ * are made before any is written, so that it takes room only if it is
+ * written, and its members are copied, not printed: out holds no
+ * terminating NUL, and a member that just fits is written whole. */
 int64_t gw_fix_json(const gw_fix *fixes, int64_t n, char *out, int64_t cap, int64_t *ends)
 {
     int64_t used = 0;
-    char number[64];
+    char numbers[GW_FIX_FIELDS][32];
+    int lens[GW_FIX_FIELDS];
     for (int64_t i = 0; i < n; i++) {
-        int64_t start = used;
+        int64_t need = 0;
         int ok = 1;
         for (int k = 0; k < GW_FIX_FIELDS && ok; k++) {
             if (!(fixes[i].present & (1u << k)))
                 continue;
-            int len = gw_json_number(fixes[i].values[k], gw_digits[k], number, sizeof number);
-            if (len < 0) {
-                ok = 0;
-                break;
-            }
-            /* Copied, not printed: out holds no terminating NUL, so a member
-             * that just fits must be written whole. */
-            int64_t name_len = (int64_t)strlen(gw_value_names[k]);
-            int64_t need = name_len + len + 4;
-            if (used + need > cap)
-                return -1;
+            lens[k] = gw_json_number(fixes[i].values[k], gw_digits[k], numbers[k],
+                                     sizeof numbers[k]);
+            ok = lens[k] >= 0;
+            need += (int64_t)strlen(gw_value_names[k]) + lens[k] + 4;
+        }
+        if (!ok) {
+            ends[i] = -1;
+            continue;
+        }
+        if (used + need > cap)
+            return -1;
+        for (int k = 0; k < GW_FIX_FIELDS; k++) {
+            if (!(fixes[i].present & (1u << k)))
+                continue;
+            size_t name_len = strlen(gw_value_names[k]);
             char *at = out + used;
             *at++ = ',';
             *at++ = '"';
-            memcpy(at, gw_value_names[k], (size_t)name_len);
+            memcpy(at, gw_value_names[k], name_len);
             at += name_len;
             *at++ = '"';
             *at++ = ':';
-            memcpy(at, number, (size_t)len);
-            used += need;
+            memcpy(at, numbers[k], (size_t)lens[k]);
+            used += (int64_t)name_len + lens[k] + 4;
         }
-        if (!ok)
-            used = start;
-        ends[i] = ok ? used : -1;
+        ends[i] = used;
     }
     return used;
 }
