@@ -289,6 +289,39 @@ def test_numbers_are_read_as_gpsd_reads_them():
     assert fixes[0].magvar == pytest.approx(2.8)  # "nan" is none: the model's value
 
 
+def test_a_time_field_that_is_no_number_costs_no_more_than_any_other():
+    # gpsd takes such a time (NaN) as x86-64 converts it: INT64_MIN seconds
+    # and nanoseconds; the cycle detector once carried those nanoseconds
+    # into seconds one at a time, billions of steps a sentence. In a child
+    # process, so that a stall fails the test instead of hanging the run.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        from functools import reduce
+        from gatewayd.nmea import NmeaDecoder
+
+        def s(body):
+            c = reduce(lambda a, ch: a ^ ord(ch), body, 0)
+            return f"${body}*{c:02X}\\r\\n".encode()
+
+        data = b"".join(
+            s(f"GPRMC,1234{i:02d}.00,A,4846.8,N,00910.8,E,1,1,010126,,,A")
+            + s("GPGBS,x,1,1,1,,,") for i in range(10))
+        d = NmeaDecoder()
+        fixes = d.feed(data) + d.flush()
+        print(d.stats().sentences, *[f.time for f in fixes])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    sentences, *times = proc.stdout.split()
+    # every RMC reported, each in a cycle of its own, as gpsd reports them
+    assert int(sentences) == 20
+    assert times == [f"2026-01-01T12:34:{i:02d}.000Z" for i in range(10)]
+
+
 def test_a_date_before_2017_is_taken_for_a_receiver_1024_weeks_behind():
     # gpsd knows 18 leap seconds, the 18th from 2017 on; an earlier date is a
     # receiver fooled by a GPS week rollover. gpsd's own Garmin 48 test log

@@ -525,6 +525,17 @@ static int gw_merge_ddmmyy(gw_nmea *st, gw_text t)
     return 0;
 }
 
+/* (int64_t)d, with what x86-64 (and so gpsd's DTOTS there) makes of a time
+ * field that is no number (NaN) or too large for one (1e300, inf):
+ * INT64_MIN. C leaves those conversions undefined, and ARM saturates. */
+static int64_t gw_time_int(double d)
+{
+    return d >= -9223372036854775808.0 && d < 9223372036854775808.0 ? (int64_t)d : INT64_MIN;
+}
+
+/* a - b, wrapping around as gpsd's time_t arithmetic does on such values */
+static int64_t gw_wrap_sub(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
+
 static void gw_register_fractional_time(gw_nmea *st, gw_text t)
 {
     if (!t.len)
@@ -532,8 +543,8 @@ static void gw_register_fractional_time(gw_nmea *st, gw_text t)
     st->last_frac_sec = st->this_frac_sec;
     st->last_frac_nsec = st->this_frac_nsec;
     double d = gw_atof(t), whole;
-    st->this_frac_nsec = (int64_t)(modf(d, &whole) * 1e9);
-    st->this_frac_sec = (int64_t)whole;
+    st->this_frac_nsec = gw_time_int(modf(d, &whole) * 1e9);
+    st->this_frac_sec = gw_time_int(whole);
     st->latch_frac_time = 1;
 }
 
@@ -1723,16 +1734,18 @@ static void gw_sentence_body(gw_nmea *st, const uint8_t *body, int64_t len, int 
      * timed sentence seen last before it is learned as the cycle's end. */
     int lasttag = st->lasttag;
     if (st->latch_frac_time) {
-        int64_t dsec = st->this_frac_sec - st->last_frac_sec;
-        int64_t dnsec = st->this_frac_nsec - st->last_frac_nsec;
-        while (dnsec < 0) {
+        /* The difference, its nanoseconds carried into [0, 1e9) in one
+         * step: from a time field that was no number they are INT64_MIN
+         * (see gw_time_int), billions of seconds' worth. */
+        int64_t dsec = gw_wrap_sub(st->this_frac_sec, st->last_frac_sec);
+        int64_t dnsec = gw_wrap_sub(st->this_frac_nsec, st->last_frac_nsec);
+        int64_t carry = dnsec / 1000000000;
+        dnsec %= 1000000000;
+        if (dnsec < 0) {
             dnsec += 1000000000;
-            dsec--;
+            carry--;
         }
-        while (dnsec >= 1000000000) {
-            dnsec -= 1000000000;
-            dsec++;
-        }
+        dsec = gw_wrap_sub(dsec, -carry);
         if (fabs((double)dsec + (double)dnsec / 1e9) > 0.01) {
             mask |= GW_M_CLEAR;
             if (lasttag > 0 && !st->cycle_enders[lasttag] && !st->cycle_continue) {
