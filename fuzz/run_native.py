@@ -90,10 +90,15 @@ def include_dirs() -> list[str]:
 
 
 def build(clang: str, target: str) -> Path:
+    """The target's binary, rebuilt when a C source or header is newer."""
     sources, libs = TARGETS[target]
     binary = BUILD / f"fuzz_{target}"
+    harness = HERE / "native" / f"fuzz_{target}.c"
+    inputs = [harness, Path(__file__), *SRC.glob("*.[ch]")]
+    if binary.exists() and binary.stat().st_mtime > max(p.stat().st_mtime for p in inputs):
+        return binary
     BUILD.mkdir(parents=True, exist_ok=True)
-    command = [clang, *FLAGS, *include_dirs(), str(HERE / "native" / f"fuzz_{target}.c"),
+    command = [clang, *FLAGS, *include_dirs(), str(harness),
                *(str(SRC / s) for s in sources), "-o", str(binary),
                *(f"-l{lib}" for lib in libs)]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
