@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,10 +119,11 @@ def report(results: list[Result], artifacts: Path) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def options(description: str, targets: Sequence[str]) -> argparse.ArgumentParser:
+    """The command line every runner takes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seconds", type=int, default=60, help="per target (default 60)")
-    parser.add_argument("--target", action="append", choices=TARGETS,
+    parser.add_argument("--target", action="append", choices=targets,
                         help="a target to run (repeatable; default: all)")
     parser.add_argument("--rss-limit-mb", type=int, default=2048)
     parser.add_argument("--timeout", type=int, default=10, help="seconds for one input")
@@ -129,26 +131,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-corpus", type=Path,
                         help="grow the corpus here (one folder per target) and keep it")
     parser.add_argument("libfuzzer", nargs="*", help="more libFuzzer flags, after --")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_all(targets: Sequence[str], args: argparse.Namespace, prefix: str,
+            one: Callable[[str, Path, Path, Path], Result]) -> int:
+    """``one(target, artifacts, corpus, scratch)`` for each target in turn, then
+    the table; scratch is a temporary directory, gone afterwards."""
+    artifacts = args.artifacts or Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.TemporaryDirectory(prefix=f"{prefix}-corpus-")
+    corpus_root = args.keep_corpus or Path(scratch.name)
+    results = []
+    with scratch:
+        for target in targets:
+            result = one(target, artifacts, corpus_root / target, Path(scratch.name))
+            results.append(result)
+            print(f"{target}: {result.runs} runs, cov {result.cov}, ft {result.ft}, "
+                  f"{result.crashes} crashes", file=sys.stderr, flush=True)
+    return report(results, artifacts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options(__doc__.split("\n\n")[0], TARGETS).parse_args(argv)
     try:
         import atheris  # noqa: F401
     except ImportError:
         print("atheris is not installed: pip install atheris (Linux x86_64 wheels)",
               file=sys.stderr)
         return 2
-    artifacts = args.artifacts or Path(tempfile.mkdtemp(prefix="gatewayd-fuzz-"))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.TemporaryDirectory(prefix="gatewayd-corpus-")
-    corpus_root = args.keep_corpus or Path(scratch.name)
-    results = []
-    with scratch:
-        for target in args.target or TARGETS:
-            result = run(target, args.seconds, args.rss_limit_mb, args.timeout, artifacts,
-                         corpus_root / target, args.libfuzzer)
-            results.append(result)
-            print(f"{target}: {result.runs} runs, cov {result.cov}, ft {result.ft}, "
-                  f"{result.crashes} crashes", file=sys.stderr, flush=True)
-    return report(results, artifacts)
+    return run_all(args.target or TARGETS, args, "gatewayd-fuzz",
+                   lambda target, artifacts, corpus, _: run(
+                       target, args.seconds, args.rss_limit_mb, args.timeout, artifacts,
+                       corpus, args.libfuzzer))
 
 
 if __name__ == "__main__":

@@ -21,17 +21,15 @@ with apt where they are missing (``make fuzz-native`` passes it).
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from run import Result, execute, report
+from run import Result, execute, options, run_all
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -176,19 +174,10 @@ def run(binary: Path, target: str, seconds: int, rss_limit_mb: int, timeout_s: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=60, help="per target (default 60)")
-    parser.add_argument("--target", action="append", choices=tuple(TARGETS),
-                        help="a target to run (repeatable; default: all)")
-    parser.add_argument("--rss-limit-mb", type=int, default=2048)
-    parser.add_argument("--timeout", type=int, default=10, help="seconds for one input")
-    parser.add_argument("--artifacts", type=Path, help="crashes and logs go here")
-    parser.add_argument("--keep-corpus", type=Path,
-                        help="grow the corpus here (one folder per target) and keep it")
+    parser = options(__doc__.split("\n\n")[0], tuple(TARGETS))
     parser.add_argument("--install", action="store_true",
                         help=f"apt-get install what is missing of: {' '.join(APT_PACKAGES)}")
     parser.add_argument("--build-only", action="store_true", help="build, do not run")
-    parser.add_argument("libfuzzer", nargs="*", help="more libFuzzer flags, after --")
     args = parser.parse_args(argv)
     if args.install:
         install()
@@ -205,20 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.build_only:
         return 0
-    artifacts = args.artifacts or Path(tempfile.mkdtemp(prefix="gatewayd-fuzz-native-"))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.TemporaryDirectory(prefix="gatewayd-corpus-native-")
-    corpus_root = args.keep_corpus or Path(scratch.name)
-    results = []
-    with scratch:
-        for target in targets:
-            result = run(binaries[target], target, args.seconds, args.rss_limit_mb,
-                         args.timeout, artifacts, corpus_root / target,
-                         Path(scratch.name) / "seeds" / target, args.libfuzzer)
-            results.append(result)
-            print(f"{target}: {result.runs} runs, cov {result.cov}, ft {result.ft}, "
-                  f"{result.crashes} crashes", file=sys.stderr, flush=True)
-    return report(results, artifacts)
+    return run_all(targets, args, "gatewayd-fuzz-native",
+                   lambda target, artifacts, corpus, scratch: run(
+                       binaries[target], target, args.seconds, args.rss_limit_mb,
+                       args.timeout, artifacts, corpus, scratch / "seeds" / target,
+                       args.libfuzzer))
 
 
 if __name__ == "__main__":

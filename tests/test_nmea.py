@@ -384,9 +384,9 @@ def test_fix_json_written_in_c_is_what_json_dumps_writes():
 
 def test_fix_json_fills_a_buffer_of_exactly_its_size():
     import numpy as np
+    from gatewayd._native import ffi, lib
 
     from gatewayd import nmea
-    from gatewayd._native import ffi, lib
 
     rows = NmeaDecoder().feed_block(cycle("120000.00") + cycle("120001.00")).rows
     # and last, a fix with a value too small for fixed point, left to Python

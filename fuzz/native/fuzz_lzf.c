@@ -14,26 +14,13 @@
  *         into a buffer one byte short, and fail when cut by one byte.
  */
 #include "gateway.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);           \
-            abort();                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "harness.h"
 
 static int64_t decompress(const uint8_t *in, int64_t in_len, int64_t out_len, uint8_t **out)
 {
-    uint8_t *exact_in = malloc((size_t)(in_len > 0 ? in_len : 1));
+    uint8_t *exact_in = exact_copy(in, (size_t)in_len);
     *out = malloc((size_t)(out_len > 0 ? out_len : 1));
-    CHECK(exact_in != NULL && *out != NULL);
-    if (in_len)
-        memcpy(exact_in, in, (size_t)in_len);
+    CHECK(*out != NULL);
     int64_t got = gw_lzf_decompress(exact_in, in_len, *out, out_len);
     free(exact_in);
     CHECK(got == -1 || (got >= 0 && got <= out_len));

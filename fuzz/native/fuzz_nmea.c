@@ -17,22 +17,11 @@
  * (-1, nothing written past it) into a byte less.
  */
 #include "gateway.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "harness.h"
 
 #define MAX_SENTENCE 130 /* gatewayd.nmea.MAX_SENTENCE */
 #define WHOLE_CAPACITY 1024 /* gatewayd.nmea._FIX_CAPACITY */
 #define JSON_PER_FIX 512    /* gatewayd.nmea._JSON_PER_FIX */
-
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);           \
-            abort();                                                                           \
-        }                                                                                      \
-    } while (0)
 
 typedef struct {
     gw_nmea st;

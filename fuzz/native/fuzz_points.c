@@ -12,45 +12,15 @@
  * as a quadratic scan with the same grid finds them.
  */
 #include "gateway.h"
+#include "harness.h"
 
 #include <float.h>
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);           \
-            abort();                                                                           \
-        }                                                                                      \
-    } while (0)
 
 static const double table[32] = {
     0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 3.0, -2.5, 0.1, 1e-3, 7.0, 1e3,
     NAN, -NAN, INFINITY, -INFINITY, DBL_MAX, -DBL_MAX, DBL_MIN, 4.9e-324,
     4e18, -4e18, 9.3e18, -9.3e18, 1e300, -1e300, 0.75, 1.25, 100.0, -100.0, 1e-300, 5.0};
-
-typedef struct {
-    const uint8_t *data;
-    size_t size, at;
-    int from_table;
-} reader;
-
-static double number(reader *r)
-{
-    double v = 0.0;
-    if (r->from_table) {
-        if (r->at < r->size)
-            v = table[r->data[r->at++] % 32];
-        return v;
-    }
-    if (r->at + 8 <= r->size)
-        memcpy(&v, r->data + r->at, 8);
-    r->at += 8;
-    return v;
-}
 
 static int all_finite(const double *p, int dims)
 {
@@ -91,17 +61,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     int dims = data[0] & 1 ? 3 : 2;
-    reader r = {data, size, 1, (data[0] & 2) != 0};
-    double voxel = number(&r), bbox[6];
+    input in = {data, size, 1, data[0] & 2 ? table : NULL};
+    double voxel = input_number(&in), bbox[6];
     for (int k = 0; k < 6; k++)
-        bbox[k] = number(&r);
-    size_t per_point = (size_t)dims * (r.from_table ? 1 : 8);
-    int64_t n = r.at < size ? (int64_t)((size - r.at) / per_point) : 0;
+        bbox[k] = input_number(&in);
+    int64_t n = input_items(&in, (size_t)dims);
     double *xyz = malloc((size_t)(n > 0 ? n : 1) * (size_t)dims * sizeof *xyz);
     int64_t *index = malloc((size_t)(n > 0 ? n : 1) * sizeof *index);
     CHECK(xyz != NULL && index != NULL);
     for (int64_t i = 0; i < n * dims; i++)
-        xyz[i] = number(&r);
+        xyz[i] = input_number(&in);
 
     int64_t nonfinite = 0;
     for (int64_t i = 0; i < n; i++)

@@ -24,43 +24,15 @@
  * is built on.
  */
 #include "../../native/src/gw_zones.c"
+#include "harness.h"
 
 #include <float.h>
-#include <stdio.h>
-#include <string.h>
-
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);           \
-            abort();                                                                           \
-        }                                                                                      \
-    } while (0)
 
 static const double table[32] = {
     0.0, 1.0, 2.0, 3.0, 4.0, -1.0, -2.0, 0.5, 1.5, 2.5, -0.5, 10.0,
     0.0, 1.0, 2.0, 3.0, 1e-300, -0.0, 1e15, -1e15,
     NAN, INFINITY, -INFINITY, DBL_MAX, -DBL_MAX, 4.9e-324, 1e300, -1e300,
     0.1, 0.2, 0.3, 1.0 / 3.0};
-
-typedef struct {
-    const uint8_t *data;
-    size_t size, at;
-    int from_table;
-} reader;
-
-static int byte(reader *r) { return r->at < r->size ? r->data[r->at++] : 0; }
-
-static double number(reader *r)
-{
-    double v = 0.0;
-    if (r->from_table)
-        return table[byte(r) % 32];
-    if (r->at + 8 <= r->size)
-        memcpy(&v, r->data + r->at, 8);
-    r->at += 8;
-    return v;
-}
 
 typedef struct {
     int64_t *v;
@@ -75,16 +47,6 @@ static void push(offsets *o, int64_t value)
         CHECK(o->v != NULL);
     }
     o->v[o->len++] = value;
-}
-
-/* Allocated to the element, so that a read past an array is caught. */
-static void *exact(const void *from, size_t bytes)
-{
-    void *to = malloc(bytes > 0 ? bytes : 1);
-    CHECK(to != NULL);
-    if (bytes)
-        memcpy(to, from, bytes);
-    return to;
 }
 
 /* On the grid where orientation is exact: multiples of 1/16 within 2^20. */
@@ -115,10 +77,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    reader r = {data, size, 0, (data[0] & 2) != 0};
+    input in = {data, size, 1, data[0] & 2 ? table : NULL};
     int dims = data[0] & 1 ? 3 : 2;
-    r.at = 1;
-    int64_t n_zones = 1 + byte(&r) % 24;
+    int64_t n_zones = 1 + input_byte(&in) % 24;
 
     offsets ring = {0}, polygon = {0}, part = {0};
     double *xy = NULL;
@@ -128,11 +89,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     push(&polygon, 0);
     push(&part, 0);
     for (int64_t z = 0; z < n_zones; z++) {
-        int parts = byte(&r) % 4;
+        int parts = input_byte(&in) % 4;
         for (int p = 0; p < parts; p++) {
-            int rings = byte(&r) % 4;
+            int rings = input_byte(&in) % 4;
             for (int k = 0; k < rings; k++) {
-                int shape = byte(&r);
+                int shape = input_byte(&in);
                 int len = shape % 12, closed = (shape & 0x80) != 0;
                 int64_t first = n_coords;
                 for (int i = 0; i < len + (closed && len > 0); i++) {
@@ -145,8 +106,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         xy[2 * n_coords] = xy[2 * first];
                         xy[2 * n_coords + 1] = xy[2 * first + 1];
                     } else {
-                        xy[2 * n_coords] = number(&r);
-                        xy[2 * n_coords + 1] = number(&r);
+                        xy[2 * n_coords] = input_number(&in);
+                        xy[2 * n_coords + 1] = input_number(&in);
                     }
                     tidy &= on_grid(xy[2 * n_coords]) && on_grid(xy[2 * n_coords + 1]);
                     n_coords++;
@@ -158,17 +119,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         push(&part, polygon.len - 1);
     }
-    int64_t n_points = r.at < size ? (int64_t)((size - r.at) /
-                                               ((size_t)dims * (r.from_table ? 1 : 8))) : 0;
+    int64_t n_points = input_items(&in, (size_t)dims);
     double *points = malloc((size_t)(n_points > 0 ? n_points : 1) * (size_t)dims * sizeof *points);
     CHECK(points != NULL);
     for (int64_t i = 0; i < n_points * dims; i++)
-        points[i] = number(&r);
+        points[i] = input_number(&in);
 
-    double *coords = exact(xy, (size_t)n_coords * 2 * sizeof *xy);
-    int64_t *ring_offsets = exact(ring.v, (size_t)ring.len * sizeof *ring.v);
-    int64_t *polygon_offsets = exact(polygon.v, (size_t)polygon.len * sizeof *polygon.v);
-    int64_t *part_offsets = exact(part.v, (size_t)part.len * sizeof *part.v);
+    double *coords = exact_copy(xy, (size_t)n_coords * 2 * sizeof *xy);
+    int64_t *ring_offsets = exact_copy(ring.v, (size_t)ring.len * sizeof *ring.v);
+    int64_t *polygon_offsets = exact_copy(polygon.v, (size_t)polygon.len * sizeof *polygon.v);
+    int64_t *part_offsets = exact_copy(part.v, (size_t)part.len * sizeof *part.v);
     gw_zones *zones = gw_zones_new(geos(), coords, ring_offsets, polygon_offsets, part_offsets,
                                    n_zones);
     CHECK(zones != NULL);
