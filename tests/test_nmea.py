@@ -280,6 +280,12 @@ def test_values_are_rounded_to_gpsd_json_precision():
         assert fix.lat == float(f"{(4846 - 48 * 40 + 0.8000050) * (1 / 60):.9f}")
 
 
+def test_huge_values_are_reported_whole_as_gpsd_reports_them():
+    for alt in (1e300, -1e300, 2.0**52 + 1, 123456789012.5):
+        fixes, _ = decode(s(f"GPGGA,120000.00,4846.8,N,00910.8,E,1,08,1.0,{alt!r},M,,M,,"))
+        assert fixes[-1].altMSL == round(alt, 4) == alt
+
+
 def test_numbers_are_read_as_gpsd_reads_them():
     # gpsd reads the digits a field starts with: "10.5x" is 10.5, and a field
     # that starts with no digit is no number.

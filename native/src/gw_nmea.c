@@ -1540,11 +1540,12 @@ static uint32_t (*const gw_handlers[])(gw_sentence *) = {
 /* Python's round(x, digits), which rounds the exact binary value half to
  * even, as printf's %.*f does. Scaling decides it unless the scaled value
  * lies within its rounding error of a tie; then the correctly rounded
- * decimal conversion does. */
+ * decimal conversion does. From 2^52 on every double is a whole number,
+ * its own rounding (and its %.*f, up to 309 digits, would not fit). */
 static double gw_round(double x, int digits)
 {
     static const double powers[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
-    if (digits < 0 || !isfinite(x))
+    if (digits < 0 || !isfinite(x) || fabs(x) >= 4503599627370496.0)
         return x;
     double p = powers[digits];
     double y = x * p;
