@@ -111,9 +111,36 @@ def _nmea_seeds() -> dict[str, bytes]:
     # Set-up bytes: (capacity 1, blocks of 1 byte), (room for 1024, blocks of
     # up to 73), (capacity 2, blocks of up to 280).
     setups = {"c1-b1": b"\x00\x00", "c1024-b73": b"\x47\x01", "c2-b280": b"\xf9\x2a"}
-    return {f"{path.stem}-{name}": setup + path.read_bytes()
-            for path in sorted((HERE / "corpus" / "nmea").iterdir())
-            for name, setup in setups.items()}
+    streams = {path.stem: path.read_bytes()
+               for path in sorted((HERE / "corpus" / "nmea").iterdir())}
+    streams["rare-sentences"] = _rare_sentences()
+    return {f"{stem}-{name}": setup + data
+            for stem, data in streams.items() for name, setup in setups.items()}
+
+
+def _sentence(body: str) -> bytes:
+    checksum = 0
+    for c in body.encode():
+        checksum ^= c
+    return f"${body}*{checksum:02X}\r\n".encode()
+
+
+def _rare_sentences() -> bytes:
+    """What the captures lack: Garmin's, SiRF's and SkyTraq's fixes and
+    errors, a date across a century, a sky of more than 140 satellites."""
+    bodies = [
+        "GPRMC,235959.00,A,4846.80,N,00910.80,E,1.0,45.0,311299,,,F",
+        "PGRME,15.0,M,45.0,M,25.0,M",
+        "PGRMZ,820,f,3",
+        "PSRFEPE,000000.00,A,1.2,8.5,12.1,0.3,4.5",
+        "GPRMC,000000.00,A,4846.80,N,00910.80,E,1.0,45.0,010100,,,R",
+        "PSTI,030,000001.00,A,4846.80,N,00910.80,E,250.5,0.1,0.2,-0.3,010100,R,1.0,2.0",
+        "PGRMF,1024,345600,010100,000002,18,4846.80,N,00910.80,E,A,2,15,90,2.5,1",
+        "PMGNST,05.40,3,T,8,-1.2,+0.3,01",
+    ]
+    sky = [f"GPGSV,36,{k + 1},144," + ",".join(f"{4 * k + i + 1:02d},45,{(90 * i) % 360:03d},40"
+                                               for i in range(4)) for k in range(36)]
+    return b"".join(_sentence(b) for b in bodies + sky + bodies[:2])
 
 
 def _lzf_seeds() -> dict[str, bytes]:
