@@ -29,6 +29,12 @@ FUZZ_SECONDS ?= 60
 fuzz: setup
 	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
 
+# The same for the C code: libFuzzer targets built with ASan and UBSan
+# (fuzz/native/); installs clang and its fuzzer runtimes where missing.
+.PHONY: fuzz-native
+fuzz-native: sysdeps
+	$(PY) fuzz/run_native.py --install --seconds $(FUZZ_SECONDS)
+
 lint: setup
 	$(PIP) install --no-build-isolation -e '.[dev]' >/dev/null
 	$(VENV)/bin/ruff check gatewayd tests native

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,18 +72,10 @@ def parse(target: str, output: str, returncode: int, seconds: float,
     return result
 
 
-def run(target: str, seconds: int, rss_limit_mb: int, timeout_s: int, artifacts: Path,
-        corpus: Path, extra: list[str]) -> Result:
-    corpus.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, str(HERE / f"fuzz_{target}.py"),
-        str(corpus), str(HERE / "corpus" / target),
-        f"-max_total_time={seconds}", f"-rss_limit_mb={rss_limit_mb}",
-        f"-timeout={timeout_s}", f"-artifact_prefix={artifacts}/{target}-",
-        "-print_final_stats=1", *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)}
+def execute(target: str, command: list[str], seconds: int, artifacts: Path,
+            env: dict[str, str] | None = None) -> Result:
+    """Runs one libFuzzer command (artifacts prefixed ``<target>-`` in
+    ``artifacts``), keeps its log there, and reads what it reached."""
     started = time.monotonic()
     # libFuzzer's own -max_total_time ends the run; this is only the backstop.
     proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -96,36 +89,23 @@ def run(target: str, seconds: int, rss_limit_mb: int, timeout_s: int, artifacts:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=60, help="per target (default 60)")
-    parser.add_argument("--target", action="append", choices=TARGETS,
-                        help="a target to run (repeatable; default: all)")
-    parser.add_argument("--rss-limit-mb", type=int, default=2048)
-    parser.add_argument("--timeout", type=int, default=10, help="seconds for one input")
-    parser.add_argument("--artifacts", type=Path, help="crashes and logs go here")
-    parser.add_argument("--keep-corpus", type=Path,
-                        help="grow the corpus here (one folder per target) and keep it")
-    parser.add_argument("libfuzzer", nargs="*", help="more libFuzzer flags, after --")
-    args = parser.parse_args(argv)
-    try:
-        import atheris  # noqa: F401
-    except ImportError:
-        print("atheris is not installed: pip install atheris (Linux x86_64 wheels)",
-              file=sys.stderr)
-        return 2
-    artifacts = args.artifacts or Path(tempfile.mkdtemp(prefix="gatewayd-fuzz-"))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.TemporaryDirectory(prefix="gatewayd-corpus-")
-    corpus_root = args.keep_corpus or Path(scratch.name)
-    results = []
-    with scratch:
-        for target in args.target or TARGETS:
-            result = run(target, args.seconds, args.rss_limit_mb, args.timeout, artifacts,
-                         corpus_root / target, args.libfuzzer)
-            results.append(result)
-            print(f"{target}: {result.runs} runs, cov {result.cov}, ft {result.ft}, "
-                  f"{result.crashes} crashes", file=sys.stderr, flush=True)
+def run(target: str, seconds: int, rss_limit_mb: int, timeout_s: int, artifacts: Path,
+        corpus: Path, extra: list[str]) -> Result:
+    corpus.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, str(HERE / f"fuzz_{target}.py"),
+        str(corpus), str(HERE / "corpus" / target),
+        f"-max_total_time={seconds}", f"-rss_limit_mb={rss_limit_mb}",
+        f"-timeout={timeout_s}", f"-artifact_prefix={artifacts}/{target}-",
+        "-print_final_stats=1", *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)}
+    return execute(target, command, seconds, artifacts, env)
+
+
+def report(results: list[Result], artifacts: Path) -> int:
+    """Prints the table of results; 1 if any target crashed or did not run."""
     print(f"{'target':8} {'runs':>9} {'exec/s':>8} {'cov':>6} {'ft':>6} {'corpus':>12} "
           f"{'crashes':>7}")
     for r in results:
@@ -137,6 +117,53 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     print(f"artifacts and logs: {artifacts}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def options(description: str, targets: Sequence[str]) -> argparse.ArgumentParser:
+    """The command line every runner takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seconds", type=int, default=60, help="per target (default 60)")
+    parser.add_argument("--target", action="append", choices=targets,
+                        help="a target to run (repeatable; default: all)")
+    parser.add_argument("--rss-limit-mb", type=int, default=2048)
+    parser.add_argument("--timeout", type=int, default=10, help="seconds for one input")
+    parser.add_argument("--artifacts", type=Path, help="crashes and logs go here")
+    parser.add_argument("--keep-corpus", type=Path,
+                        help="grow the corpus here (one folder per target) and keep it")
+    parser.add_argument("libfuzzer", nargs="*", help="more libFuzzer flags, after --")
+    return parser
+
+
+def run_all(targets: Sequence[str], args: argparse.Namespace, prefix: str,
+            one: Callable[[str, Path, Path, Path], Result]) -> int:
+    """``one(target, artifacts, corpus, scratch)`` for each target in turn, then
+    the table; scratch is a temporary directory, gone afterwards."""
+    artifacts = args.artifacts or Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.TemporaryDirectory(prefix=f"{prefix}-corpus-")
+    corpus_root = args.keep_corpus or Path(scratch.name)
+    results = []
+    with scratch:
+        for target in targets:
+            result = one(target, artifacts, corpus_root / target, Path(scratch.name))
+            results.append(result)
+            print(f"{target}: {result.runs} runs, cov {result.cov}, ft {result.ft}, "
+                  f"{result.crashes} crashes", file=sys.stderr, flush=True)
+    return report(results, artifacts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options(__doc__.split("\n\n")[0], TARGETS).parse_args(argv)
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        print("atheris is not installed: pip install atheris (Linux x86_64 wheels)",
+              file=sys.stderr)
+        return 2
+    return run_all(args.target or TARGETS, args, "gatewayd-fuzz",
+                   lambda target, artifacts, corpus, _: run(
+                       target, args.seconds, args.rss_limit_mb, args.timeout, artifacts,
+                       corpus, args.libfuzzer))
 
 
 if __name__ == "__main__":

@@ -169,6 +169,26 @@ def test_sentences_up_to_130_bytes_are_accepted_and_longer_ones_dropped():
     assert d.stats().too_long == 1 and fixes == []
 
 
+def test_a_sentence_at_the_scan_limit_is_judged_alike_wherever_the_block_ends():
+    # 130 bytes and 9 trailing blanks: the scan stops right before its CR,
+    # where a block may end too; the blanks go, and the sentence counts.
+    pad = "0" * (131 - len("$GPGGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,10.0,M,,M,,*hh"))
+    padded = s(f"GPGGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,10.{pad},M,,M,,")
+    padded = padded[:-2] + b" " * 9 + b"\r\n"
+    # and one of 139 bytes, too long, closed by a lone LF
+    too_long = b"$GPTXT," + b"x" * 132 + b"\n"
+    for data in (padded, too_long):
+        cut = len(data.rstrip(b"\r\n"))
+        whole, d1 = decode(data)
+        d2 = NmeaDecoder()
+        pieces = d2.feed(data[:cut]) + d2.feed(data[cut:]) + d2.flush()
+        assert pieces == whole and d2.stats() == d1.stats()
+        assert d1.stats().garbage_bytes == 0
+    assert d1.stats().too_long == 1
+    fixes, d = decode(padded)
+    assert d.stats().too_long == 0 and fixes[0].altMSL == pytest.approx(10.0)
+
+
 def test_every_supported_talker_is_read_and_others_skipped():
     for talker in ("GP", "GN", "GL", "GA", "GB", "BD", "QZ", "GI", "GQ"):
         body = f"{talker}GGA,120000.00,4846.80000,N,00910.80000,E,1,08,1.0,5.0,M,,M,,"
@@ -260,6 +280,12 @@ def test_values_are_rounded_to_gpsd_json_precision():
         assert fix.lat == float(f"{(4846 - 48 * 40 + 0.8000050) * (1 / 60):.9f}")
 
 
+def test_huge_values_are_reported_whole_as_gpsd_reports_them():
+    for alt in (1e300, -1e300, 2.0**52 + 1, 123456789012.5):
+        fixes, _ = decode(s(f"GPGGA,120000.00,4846.8,N,00910.8,E,1,08,1.0,{alt!r},M,,M,,"))
+        assert fixes[-1].altMSL == round(alt, 4) == alt
+
+
 def test_numbers_are_read_as_gpsd_reads_them():
     # gpsd reads the digits a field starts with: "10.5x" is 10.5, and a field
     # that starts with no digit is no number.
@@ -267,6 +293,39 @@ def test_numbers_are_read_as_gpsd_reads_them():
                       s("GPGGA,120000.00,4846.8,N,00910.8,E,1,08,1.0,10.5x,M,x,M,,"))
     assert fixes[-1].altMSL == 10.5 and d.stats().malformed == 0
     assert fixes[0].magvar == pytest.approx(2.8)  # "nan" is none: the model's value
+
+
+def test_a_time_field_that_is_no_number_costs_no_more_than_any_other():
+    # gpsd takes such a time (NaN) as x86-64 converts it: INT64_MIN seconds
+    # and nanoseconds; the cycle detector once carried those nanoseconds
+    # into seconds one at a time, billions of steps a sentence. In a child
+    # process, so that a stall fails the test instead of hanging the run.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        from functools import reduce
+        from gatewayd.nmea import NmeaDecoder
+
+        def s(body):
+            c = reduce(lambda a, ch: a ^ ord(ch), body, 0)
+            return f"${body}*{c:02X}\\r\\n".encode()
+
+        data = b"".join(
+            s(f"GPRMC,1234{i:02d}.00,A,4846.8,N,00910.8,E,1,1,010126,,,A")
+            + s("GPGBS,x,1,1,1,,,") for i in range(10))
+        d = NmeaDecoder()
+        fixes = d.feed(data) + d.flush()
+        print(d.stats().sentences, *[f.time for f in fixes])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    sentences, *times = proc.stdout.split()
+    # every RMC reported, each in a cycle of its own, as gpsd reports them
+    assert int(sentences) == 20
+    assert times == [f"2026-01-01T12:34:{i:02d}.000Z" for i in range(10)]
 
 
 def test_a_date_before_2017_is_taken_for_a_receiver_1024_weeks_behind():
@@ -327,3 +386,29 @@ def test_fix_json_written_in_c_is_what_json_dumps_writes():
         else:
             assert text == want
     assert 0 < fallback < n // 2
+
+
+def test_fix_json_fills_a_buffer_of_exactly_its_size():
+    import numpy as np
+    from gatewayd._native import ffi, lib
+
+    from gatewayd import nmea
+
+    rows = NmeaDecoder().feed_block(cycle("120000.00") + cycle("120001.00")).rows
+    # and last, a fix with a value too small for fixed point, left to Python
+    rows = np.concatenate([rows, rows[-1:]])
+    rows[-1]["values"][13] = 1e-5
+    rows[-1]["present"] |= 1 << 13
+    n = len(rows)
+    fixes = ffi.from_buffer("gw_fix[]", rows)
+    ends = np.empty(n, dtype=np.int64)
+
+    def write(cap: int) -> tuple[int, bytes]:
+        out = ffi.new("char[]", max(cap, 1))
+        used = lib.gw_fix_json(fixes, n, out, cap, ffi.from_buffer("int64_t[]", ends))
+        return used, ffi.unpack(out, max(used, 0))
+
+    used, roomy = write(n * nmea._JSON_PER_FIX)
+    assert used > 0 and ends[-2] == used and ends[-1] == -1
+    assert write(used) == (used, roomy)
+    assert write(used - 1)[0] == -1

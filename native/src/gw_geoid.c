@@ -657,10 +657,12 @@ static double gw_grid(const short grid[GW_GRID_ROWS][GW_GRID_COLS], double lat, 
 {
     if (!isfinite(lat) || !isfinite(lon))
         return 0.0;
-    int ilat = (int)floor((90. + lat) / GW_GRID_SPAN);
-    int ilon = (int)floor((180. + lon) / GW_GRID_SPAN);
-    if (ilat >= GW_GRID_ROWS || ilat < 0 || ilon >= GW_GRID_COLS || ilon < 0)
+    /* The cell is checked before it becomes an int: a position far out of
+     * range (a latitude of 1e300 a sentence can say) has none. */
+    double row = floor((90. + lat) / GW_GRID_SPAN), col = floor((180. + lon) / GW_GRID_SPAN);
+    if (!(row >= 0 && row < GW_GRID_ROWS && col >= 0 && col < GW_GRID_COLS))
         return 0.0;
+    int ilat = (int)row, ilon = (int)col;
     int ilat2 = ilat < GW_GRID_ROWS - 1 ? ilat + 1 : ilat;
     int ilon2 = ilon < GW_GRID_COLS - 1 ? ilon + 1 : ilon;
     return gw_bilinear(ilon * GW_GRID_SPAN - 180, ilat * GW_GRID_SPAN - 90,

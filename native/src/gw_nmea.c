@@ -82,7 +82,10 @@ static int gw_next_sentence(const uint8_t *buf, int64_t n, int64_t pos, int64_t 
         *status = gw_closed_by_checksum(buf, s, e) ? gw_judge(buf, s, e, max_len)
                                                    : GW_NMEA_TRUNCATED;
         *next = e;
-    } else if (e - s > max_len + 8) {
+    } else if (e - s > max_len + 8 && (e < n || final)) {
+        /* Too long, seen by the byte after it: when the block ends there,
+         * that byte (a CR or LF closing the sentence, or not) is awaited,
+         * so that where blocks end changes nothing. */
         *status = GW_NMEA_TOO_LONG;
         *next = e;
     } else if (final) {
@@ -522,6 +525,17 @@ static int gw_merge_ddmmyy(gw_nmea *st, gw_text t)
     return 0;
 }
 
+/* (int64_t)d, with what x86-64 (and so gpsd's DTOTS there) makes of a time
+ * field that is no number (NaN) or too large for one (1e300, inf):
+ * INT64_MIN. C leaves those conversions undefined, and ARM saturates. */
+static int64_t gw_time_int(double d)
+{
+    return d >= -9223372036854775808.0 && d < 9223372036854775808.0 ? (int64_t)d : INT64_MIN;
+}
+
+/* a - b, wrapping around as gpsd's time_t arithmetic does on such values */
+static int64_t gw_wrap_sub(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
+
 static void gw_register_fractional_time(gw_nmea *st, gw_text t)
 {
     if (!t.len)
@@ -529,8 +543,8 @@ static void gw_register_fractional_time(gw_nmea *st, gw_text t)
     st->last_frac_sec = st->this_frac_sec;
     st->last_frac_nsec = st->this_frac_nsec;
     double d = gw_atof(t), whole;
-    st->this_frac_nsec = (int64_t)(modf(d, &whole) * 1e9);
-    st->this_frac_sec = (int64_t)whole;
+    st->this_frac_nsec = gw_time_int(modf(d, &whole) * 1e9);
+    st->this_frac_sec = gw_time_int(whole);
     st->latch_frac_time = 1;
 }
 
@@ -1526,11 +1540,12 @@ static uint32_t (*const gw_handlers[])(gw_sentence *) = {
 /* Python's round(x, digits), which rounds the exact binary value half to
  * even, as printf's %.*f does. Scaling decides it unless the scaled value
  * lies within its rounding error of a tie; then the correctly rounded
- * decimal conversion does. */
+ * decimal conversion does. From 2^52 on every double is a whole number,
+ * its own rounding (and its %.*f, up to 309 digits, would not fit). */
 static double gw_round(double x, int digits)
 {
     static const double powers[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
-    if (digits < 0 || !isfinite(x))
+    if (digits < 0 || !isfinite(x) || fabs(x) >= 4503599627370496.0)
         return x;
     double p = powers[digits];
     double y = x * p;
@@ -1720,16 +1735,18 @@ static void gw_sentence_body(gw_nmea *st, const uint8_t *body, int64_t len, int 
      * timed sentence seen last before it is learned as the cycle's end. */
     int lasttag = st->lasttag;
     if (st->latch_frac_time) {
-        int64_t dsec = st->this_frac_sec - st->last_frac_sec;
-        int64_t dnsec = st->this_frac_nsec - st->last_frac_nsec;
-        while (dnsec < 0) {
+        /* The difference, its nanoseconds carried into [0, 1e9) in one
+         * step: from a time field that was no number they are INT64_MIN
+         * (see gw_time_int), billions of seconds' worth. */
+        int64_t dsec = gw_wrap_sub(st->this_frac_sec, st->last_frac_sec);
+        int64_t dnsec = gw_wrap_sub(st->this_frac_nsec, st->last_frac_nsec);
+        int64_t carry = dnsec / 1000000000;
+        dnsec %= 1000000000;
+        if (dnsec < 0) {
             dnsec += 1000000000;
-            dsec--;
+            carry--;
         }
-        while (dnsec >= 1000000000) {
-            dnsec -= 1000000000;
-            dsec++;
-        }
+        dsec = gw_wrap_sub(dsec, -carry);
         if (fabs((double)dsec + (double)dnsec / 1e9) > 0.01) {
             mask |= GW_M_CLEAR;
             if (lasttag > 0 && !st->cycle_enders[lasttag] && !st->cycle_continue) {
@@ -1893,31 +1910,47 @@ static int gw_json_number(double v, int digits, char *out, size_t cap)
 /* The values of fixes[0..n) as JSON members (',"lat":48.1173,...', after
  * time and mode), one after another in out; ends[i] is where fix i's end, or
  * -1 for a fix Python must write (a value too small for fixed point). Returns
- * the bytes written, or -1 when out is too small. */
+ * the bytes written, or -1 when out is too small for them. A fix's numbers
+ * are made before any is written, so that it takes room only if it is
+ * written, and its members are copied, not printed: out holds no
+ * terminating NUL, and a member that just fits is written whole. */
 int64_t gw_fix_json(const gw_fix *fixes, int64_t n, char *out, int64_t cap, int64_t *ends)
 {
     int64_t used = 0;
-    char number[64];
+    char numbers[GW_FIX_FIELDS][32];
+    int lens[GW_FIX_FIELDS];
     for (int64_t i = 0; i < n; i++) {
-        int64_t start = used;
+        int64_t need = 0;
         int ok = 1;
         for (int k = 0; k < GW_FIX_FIELDS && ok; k++) {
             if (!(fixes[i].present & (1u << k)))
                 continue;
-            int len = gw_json_number(fixes[i].values[k], gw_digits[k], number, sizeof number);
-            if (len < 0) {
-                ok = 0;
-                break;
-            }
-            int64_t need = (int64_t)strlen(gw_value_names[k]) + len + 4;
-            if (used + need > cap)
-                return -1;
-            used += snprintf(out + used, (size_t)(cap - used), ",\"%s\":%s",
-                             gw_value_names[k], number);
+            lens[k] = gw_json_number(fixes[i].values[k], gw_digits[k], numbers[k],
+                                     sizeof numbers[k]);
+            ok = lens[k] >= 0;
+            need += (int64_t)strlen(gw_value_names[k]) + lens[k] + 4;
         }
-        if (!ok)
-            used = start;
-        ends[i] = ok ? used : -1;
+        if (!ok) {
+            ends[i] = -1;
+            continue;
+        }
+        if (used + need > cap)
+            return -1;
+        for (int k = 0; k < GW_FIX_FIELDS; k++) {
+            if (!(fixes[i].present & (1u << k)))
+                continue;
+            size_t name_len = strlen(gw_value_names[k]);
+            char *at = out + used;
+            *at++ = ',';
+            *at++ = '"';
+            memcpy(at, gw_value_names[k], name_len);
+            at += name_len;
+            *at++ = '"';
+            *at++ = ':';
+            memcpy(at, numbers[k], (size_t)lens[k]);
+            used += (int64_t)name_len + lens[k] + 4;
+        }
+        ends[i] = used;
     }
     return used;
 }
