@@ -10,6 +10,9 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Debian 12 / Ubuntu / Raspberry Pi OS package names.
 APT_PACKAGES := gcc pkg-config libgeos-dev libproj-dev proj-data mosquitto mosquitto-clients openssl faketime \
                 python3-dev python3-venv systemd gpsd
+# What only the test suite needs: clang with its sanitizer and libFuzzer
+# runtimes, for the short runs of the C fuzz targets (tests/test_fuzz_smoke.py).
+TEST_APT_PACKAGES := clang-14 libclang-rt-14-dev libfuzzer-14-dev
 NATIVE_SOURCES := setup.py native/build_native.py $(wildcard native/cdef/*.h native/src/*.c native/src/*.h)
 
 .PHONY: demo test bench fuzz lint setup sysdeps clean
@@ -17,7 +20,7 @@ NATIVE_SOURCES := setup.py native/build_native.py $(wildcard native/cdef/*.h nat
 demo: setup
 	$(PY) -m gatewayd demo
 
-test: setup
+test: setup $(VENV)/.testsysdeps
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
@@ -45,9 +48,9 @@ setup: $(VENV)/.built
 sysdeps: $(VENV)/.sysdeps
 
 # System packages: only what is missing, and only once per checkout.
-$(VENV)/.sysdeps: Makefile
+define apt_install
 	@missing=""; \
-	for p in $(APT_PACKAGES); do \
+	for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -57,7 +60,15 @@ $(VENV)/.sysdeps: Makefile
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+$(VENV)/.sysdeps: Makefile
+	$(call apt_install,$(APT_PACKAGES))
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(VENV)/.testsysdeps: Makefile $(VENV)/.sysdeps
+	$(call apt_install,$(TEST_APT_PACKAGES))
 	@touch $@
 
 # Python packages, reinstalled when the project's metadata changes.
