@@ -44,9 +44,11 @@ FLAGS = ("-g", "-O1", "-std=c99", "-fsanitize=fuzzer,address,undefined",
 TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "nmea": (("gw_nmea.c", "gw_geoid.c"), ("m",)),
     "lzf": (("gw_lzf.c",), ()),
-    "points": (("gw_points.c",), ("m",)),
-    # fuzz_zones.c includes gw_zones.c itself; gw_geos.c builds the query polygons.
-    "zones": (("gw_geos.c",), ("geos_c", "proj", "m")),
+    # gw_points.c takes its orientation test from gw_zones.c.
+    "points": (("gw_points.c", "gw_zones.c"), ("geos_c", "m")),
+    # fuzz_zones.c includes gw_zones.c itself; gw_geos.c builds the query polygons
+    # (and takes its hull from gw_points.c).
+    "zones": (("gw_geos.c", "gw_points.c"), ("geos_c", "proj", "m")),
 }
 
 

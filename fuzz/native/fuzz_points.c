@@ -1,7 +1,7 @@
 /*
  * libFuzzer target: the point-array loops (gw_points.c): voxel selection,
- * bounding-box selection and the count of non-finite points, on any doubles
- * (NaN, infinities, huge, subnormal).
+ * bounding-box selection, the count of non-finite points and the convex
+ * hull, on any doubles (NaN, infinities, huge, subnormal).
  *
  * Input: byte 0 says how the numbers are read (bit 0: three dimensions, else
  * two; bit 1: each number a byte that picks one from a table of awkward and
@@ -9,7 +9,9 @@
  * numbers of the box, and the points. The loops' answers are checked
  * against plain rules: indices rising and in range, every point inside the
  * box kept and no other, at most one point per voxel and the first of each,
- * as a quadratic scan with the same grid finds them.
+ * as a quadratic scan with the same grid finds them; the hull's vertices
+ * are finite input points, its ring closed and counter-clockwise, with every
+ * finite point on or to the left of each edge.
  */
 #include "gateway.h"
 #include "harness.h"
@@ -112,6 +114,39 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(k < kept && index[k++] == i);
     }
     CHECK(n > 512 || k == kept);
+
+    /* The hull (x and y only). */
+    double *hull = malloc((size_t)(2 * n + 2) * sizeof *hull);
+    CHECK(hull != NULL);
+    int64_t h = gw_hull(xyz, n, dims, hull, n + 1);
+    CHECK(h >= 0 && h <= n + 1);
+    for (int64_t v = 0; v < h; v++) {
+        int found = 0;
+        for (int64_t i = 0; i < n && !found; i++)
+            found = isfinite(xyz[i * dims]) && isfinite(xyz[i * dims + 1]) &&
+                    xyz[i * dims] == hull[2 * v] && xyz[i * dims + 1] == hull[2 * v + 1];
+        CHECK(found);
+    }
+    /* Orientation is exact only while its products neither overflow nor
+     * underflow: with a coordinate past 1e100 or, other than 0, under 1e-80
+     * (no CRS comes near: points out of their CRS's range are dropped before
+     * any hull) only memory safety and the vertices are checked. */
+    int moderate = 1;
+    for (int64_t i = 0; i < n * dims; i++) {
+        double a = fabs(xyz[i]);
+        moderate &= !isfinite(a) || a == 0.0 || (a >= 1e-80 && a <= 1e100);
+    }
+    if (h >= 4 && moderate) {
+        CHECK(hull[0] == hull[2 * (h - 1)] && hull[1] == hull[2 * (h - 1) + 1]);
+        for (int64_t e = 0; e + 1 < h && n <= 512; e++)
+            for (int64_t i = 0; i < n; i++) {
+                const double *p = xyz + i * dims;
+                if (isfinite(p[0]) && isfinite(p[1]))
+                    CHECK(gw_orientation(hull[2 * e], hull[2 * e + 1], hull[2 * e + 2],
+                                         hull[2 * e + 3], p[0], p[1]) >= 0);
+            }
+    }
+    free(hull);
 
     free(xyz);
     free(index);
