@@ -188,18 +188,22 @@ class PipelineStats:
 # Each record goes out with the tokens of the items it was made from.
 Emit = Callable[[Record, tuple[object, ...]], Awaitable[None]]
 Output = tuple[Record, tuple[object, ...]]
+# A chunk's records at once, in order (the daemon publishes them together).
+EmitMany = Callable[[list[Output]], Awaitable[None]]
 WritePoints = Callable[[Record, Any], Awaitable[None]]
 
 
 class Pipeline:
     def __init__(self, settings: PipelineSettings, runner: ChunkRunner, emit: Emit,
-                 write_points: WritePoints | None = None) -> None:
+                 write_points: WritePoints | None = None, *,
+                 emit_many: EmitMany | None = None) -> None:
         self.settings = settings
         self.chunk_size = settings.chunk_size
         self.stats = PipelineStats()
         self.queue: Channel[tuple[int, Item]] = Channel(settings.queue_size, name="pipeline")
         self._runner = runner
         self._emit = emit
+        self._emit_many = emit_many  # if given, used instead of emit
         self._write_points = write_points
         self._seq = itertools.count()
         self._chunk_ids = itertools.count()
@@ -330,8 +334,13 @@ class Pipeline:
 
     async def _flush(self) -> None:
         while self._next_emit in self._done:
-            for record, tokens in self._done.pop(self._next_emit):
-                await self._emit(record, tokens)
+            out = self._done.pop(self._next_emit)
+            if self._emit_many is not None:
+                if out:
+                    await self._emit_many(out)
+            else:
+                for record, tokens in out:
+                    await self._emit(record, tokens)
             self._next_emit += 1
 
     def _chunk_id(self) -> str:
