@@ -68,8 +68,11 @@ when the CONNACK carries it (also for what is sent again after a reconnect).
 Mosquitto 2.0.11 (Debian 12) keeps our Receive Maximum only until its quota
 for us has run out once: the next PUBACK of ours lets everything it queued
 for us out at once. A paused client then keeps what arrives (above), up to
-four times ``receive_maximum``, and hands over the oldest beyond that; the
-owner's queues and the outbox bound what follows.
+four times ``receive_maximum`` messages or ``max_parked_bytes`` (payloads
+and a little for each message), whichever holds more, and hands over the
+oldest beyond that; the owner's queues and the outbox bound what follows.
+A flood of small messages thus waits here, in order, for the owner to take
+it at its own pace, rather than overflowing its queues.
 
 Sessions. The session is persistent (clean_session=False for 3.1.1,
 clean_start=False with a Session Expiry Interval for 5) under a stable client
@@ -163,6 +166,8 @@ class MqttSettings:
     password_file: str | os.PathLike[str] | None = None  # never the password itself
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 1000  # MQTT 5: unacked messages the broker may send us
+    # Messages read while paused, kept beyond 4 x receive_maximum up to this size.
+    max_parked_bytes: int = 16 << 20
     max_inflight: int = 20  # our QoS 1 publishes awaiting PUBACK at once
     max_queued: int = 10_000  # our QoS 1 publishes held in all, sent or not
     reconnect_min_s: float = 1.0
@@ -184,6 +189,8 @@ class MqttSettings:
             raise bad("client_id", "a persistent session needs a stable client id")
         if not 1 <= self.receive_maximum <= 65535:
             raise bad("receive_maximum", "must be within 1..65535")
+        if self.max_parked_bytes < 0:
+            raise bad("max_parked_bytes", "cannot be negative")
         if self.max_inflight < 0:
             raise bad("max_inflight", "cannot be negative")
         if not 1 <= self.max_queued <= 65535:  # each needs a packet id of its own
@@ -233,6 +240,7 @@ class _Delivery:
 # (QoS 1: its PUBACK; QoS 0: written), ``done(token, error)`` if it cannot be.
 PublishDone = Callable[[Any, "MqttError | None"], None]
 _Held = tuple[str, bytes, int, bool, PublishDone, Any]
+_PARK_COST = 200  # bytes a parked message costs beside its payload (about)
 
 
 def _end(done: PublishDone, token: Any, error: MqttError | None) -> None:
@@ -329,6 +337,7 @@ class MqttClient:
         # deliveries awaiting their PUBACK, oldest first
         self._unacked: collections.deque[_Delivery] = collections.deque()
         self._parked: collections.deque[Message] = collections.deque()  # read while paused
+        self._parked_bytes = 0  # their payloads, and _PARK_COST each
         self._by_delivery: dict[int, _Delivery] = {}
         self._delivery_ids = itertools.count(1)
         # our publishes through paho's own path (QoS 0 and 2), awaiting the
@@ -716,7 +725,9 @@ class MqttClient:
         count = 0
         while parked and not self._paused and count < self._read_batch:
             count += 1
-            self._deliver(parked.popleft())
+            message = parked.popleft()
+            self._parked_bytes -= len(message.payload) + _PARK_COST
+            self._deliver(message)
         return count
 
     def _drain(self, client: paho.Client, sock: socket.socket, budget: int) -> bool:
@@ -794,7 +805,8 @@ class MqttClient:
         owner may wait for them to make room): messages read meanwhile wait
         here, in order, and are handed over on ``resume()``. A broker sends at
         most our Receive Maximum unacknowledged, which bounds them; past four
-        times that, they are handed over regardless. Once nothing of ours is
+        times that and ``max_parked_bytes`` too (see the module's docstring),
+        they are handed over regardless. Once nothing of ours is
         pending, reading stops. A link being set up still reads its CONNACK,
         so a paused client connects."""
         self._paused = True
@@ -920,9 +932,12 @@ class MqttClient:
         parked = self._parked
         if self._paused or parked:
             parked.append(message)  # in order, behind what waits already
-            if len(parked) <= 4 * self.settings.receive_maximum:
+            self._parked_bytes += len(message.payload) + _PARK_COST
+            if len(parked) <= 4 * self.settings.receive_maximum or \
+                    self._parked_bytes <= self.settings.max_parked_bytes:
                 return
             message = parked.popleft()
+            self._parked_bytes -= len(message.payload) + _PARK_COST
         self._deliver(message)
 
     def _deliver(self, message: Message) -> None:
@@ -987,6 +1002,7 @@ class MqttClient:
         self._unacked.clear()
         self._by_delivery.clear()
         self._parked.clear()  # the broker sends them again
+        self._parked_bytes = 0
 
     # ---- publishing ----
 
