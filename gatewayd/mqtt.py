@@ -758,6 +758,14 @@ class MqttClient:
             return False
         return rc == _OK or client.buffered() or (tls_pending is not None and tls_pending() > 0)
 
+    def poll(self) -> None:
+        """For an owner in the middle of a long piece of work: reads what the
+        broker has sent if a publish of ours waits for room in the in-flight
+        window (see ``_poll``); costs next to nothing otherwise."""
+        client = self._paho
+        if isinstance(client, LeanClient) and client.window_full():
+            self._poll()
+
     def _poll(self) -> None:
         """Reads what the broker has sent while a publish of ours waits for
         room in the in-flight window. The window is the broker's Receive
