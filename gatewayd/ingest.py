@@ -286,10 +286,14 @@ class GpsStream:
                                tpv))
         return out, ()
 
-    def tpv(self, tpv: dict[str, Any], received_at: str, token: object | None = None
-            ) -> list[Item]:
+    def tpv(self, tpv: dict[str, Any], received_at: str, token: object | None = None,
+            input_sha256: str | None = None) -> list[Item]:
+        """A fix of its own (gpsd TPV or OwnTracks JSON). ``input_sha256``: of
+        the message it came in, where it came alone; else it is named by its
+        content."""
         tokens = () if token is None else (token,)
-        return [FixItem(origin(self.source, _tpv_digest(tpv), 0, received_at, tokens), tpv)]
+        digest = _tpv_digest(tpv) if input_sha256 is None else input_sha256
+        return [FixItem(origin(self.source, digest, 0, received_at, tokens), tpv)]
 
 
 def too_large(source: str, size: int, limit: int, received_at: str,
