@@ -72,6 +72,22 @@ class _Ticket:
         return self.stream is not None and self.stream.waits_for(self)
 
 
+class _Result:
+    """A result published and not yet acknowledged by the broker, in the
+    order of publishing, with the time by which it must be (loop time)."""
+
+    __slots__ = ("deadline", "payload", "record_id", "settled", "tokens", "topic")
+
+    def __init__(self, topic: str, payload: bytes, record_id: str, tokens: tuple[object, ...],
+                 deadline: float) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.record_id = record_id
+        self.tokens = tokens
+        self.deadline = deadline
+        self.settled = False  # acknowledged, failed or past its deadline: dealt with
+
+
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None = None,
                  overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
@@ -94,7 +110,13 @@ class Daemon:
         self._wakeup = asyncio.Event()
         self._ports: dict[str, Any] = {}
         self._port_tasks: dict[str, asyncio.Task[None]] = {}
-        self._publishes: set[asyncio.Future[Any]] = set()  # publishing or spooling
+        self._publishes: set[asyncio.Future[Any]] = set()  # spooling, lineage
+        # Results published, oldest first, while their acknowledgement is due;
+        # one timer watches the oldest one's deadline.
+        self._results: collections.deque[_Result] = collections.deque()
+        self._unsettled = 0  # results published and not yet dealt with
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._out_topics: dict[tuple[str, str], str] = {}  # (kind, source): topic
         self._counts: collections.Counter[str] = collections.Counter()
         self._mqtt: Any = None
         self._pipeline: Pipeline | None = None
@@ -111,7 +133,6 @@ class Daemon:
         self._mqtt_up = asyncio.Event()  # clear while the client is being replaced
         self._outbox: Any = None
         self._audit: Any = None
-        self._timed_out: set[asyncio.Future[Any]] = set()  # publishes past their time
         self._lags: collections.deque[float] = collections.deque(maxlen=1200)
         self._metrics: Any = None
         self._rates = (time.monotonic(), 0, 0)  # when, inputs, records
@@ -160,7 +181,7 @@ class Daemon:
     async def _serve(self, pool: WorkerPool) -> int:
         config = self.config
         pipeline = Pipeline(self._pipeline_settings(config), pool, self._emit,
-                            self._write_points)
+                            self._write_points, emit_many=self._emit_many)
         self._pipeline = pipeline
         runner = asyncio.create_task(pipeline.run(), name="pipeline")
         await self._open_outbox(config)
@@ -181,6 +202,11 @@ class Daemon:
             # collector's sight, a full collection scans only what came since
             # (tens of ms less of a stalled loop, every few seconds under load).
             gc.freeze()
+            # A flood of small messages keeps thousands of young objects alive
+            # (parked messages, tickets, records in flight): at the default 700
+            # net allocations a collection, most of each one's scan found them
+            # alive, and they were promoted and scanned again.
+            gc.set_threshold(10_000, 20, 20)
             self._notifier.ready(self._status_line())
             logger.info("gatewayd %s running: %d workers, %d serial ports, MQTT %s:%d, "
                         "topics under %s/", __version__, pool.size, len(config.ports),
@@ -332,8 +358,15 @@ class Daemon:
             logger.warning("grace period over with chunks in flight; their inputs stay "
                            "unacknowledged at the broker")
             runner.cancel()
-        while self._publishes and time.monotonic() < deadline:
-            await asyncio.wait(self._publishes, timeout=max(0.05, deadline - time.monotonic()))
+        while (self._publishes or self._unsettled) and time.monotonic() < deadline:
+            if self._publishes:
+                await asyncio.wait(self._publishes,
+                                   timeout=min(0.05, max(0.01, deadline - time.monotonic())))
+            else:
+                await asyncio.sleep(0.01)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         ticker.cancel()
         self._state = "offline"
         with contextlib.suppress(Exception):
@@ -414,7 +447,12 @@ class Daemon:
         received_at = records.utc_now()
         counted: dict[tuple[str, str], int] = {}
         added = False
-        for message in messages:
+        mqtt = self._mqtt
+        for n, message in enumerate(messages, 1):
+            if not n % 16:
+                # The broker's window of our publishes turns only when its
+                # PUBACKs are read: not once the whole drain is decoded.
+                mqtt.poll()
             route = self._route(message.topic)
             if route is None:
                 self._refuse(message)
@@ -431,7 +469,7 @@ class Daemon:
                                  message.topic)
                 self._ack(ticket)
         self._counts["inputs"] += sum(counted.values())
-        for (source, kind), count in counted.items():
+        for (kind, source), count in counted.items():
             self._metrics.message_in(source, kind, count)
         if added:
             self._wakeup.set()
@@ -505,12 +543,14 @@ class Daemon:
              stream: ingest.GpsStream) -> tuple[list[Item], tuple[object, ...]]:
         head = payload.lstrip()[:1]
         if head == b"{":
+            ticket.stream = None  # a TPV is a fix of its own: no cycle holds it
             try:
                 tpv = ingest.gps_json_tpv(payload)
             except DecodeError as exc:
                 return [ingest.dead(source, records.input_digest(payload), received_at,
                                     exc.reason, str(exc), tokens=(ticket,))], ()
-            return stream.tpv(tpv, received_at, ticket), ()
+            # One message, one fix: its id comes from the message's bytes.
+            return stream.tpv(tpv, received_at, ticket, records.input_digest(payload)), ()
         self._last_data[source] = time.monotonic()
         before = stream.decoder.stats().bad_checksum
         items, released = stream.nmea(payload, received_at, ticket)
@@ -673,23 +713,39 @@ class Daemon:
     # ---- results out ----
 
     async def _emit(self, record: dict[str, Any], tokens: tuple[object, ...]) -> None:
-        kind = record["kind"]
-        source = record["source"]
-        prefix = self.config.topic_prefix
-        if kind == "dead_letter":
-            topic = f"{prefix}/dead/{source}"
-            self._counts["dead_letters"] += 1
-            self._metrics.dead_letter(record["reason"])
-        else:
-            topic = f"{prefix}/out/{_OUT_KIND.get(kind, kind)}/{source}"
-            self._metrics.message_out(source, _OUT_KIND.get(kind, kind))
-        self._counts["records"] += 1
-        self._progress += 1
-        if self._audit is not None:
-            from gatewayd.audit import lineage_event
+        await self._emit_many([(record, tokens)])
 
-            self._audit.append(lineage_event(record))
-        self._send(topic, records.dumps(record).encode(), tokens, record["id"])
+    async def _emit_many(self, outputs: list[tuple[dict[str, Any], tuple[object, ...]]]
+                         ) -> None:
+        """Publishes a chunk's records, in order."""
+        topics = self._out_topics
+        out: dict[tuple[str, str], int] = {}
+        for record, tokens in outputs:
+            kind = record["kind"]
+            source = record["source"]
+            topic = topics.get((kind, source))
+            if topic is None:
+                if len(topics) >= 4096:  # sources come and go: the memo stays bounded
+                    topics.clear()
+                prefix = self.config.topic_prefix
+                topic = topics[(kind, source)] = f"{prefix}/dead/{source}" \
+                    if kind == "dead_letter" else \
+                    f"{prefix}/out/{_OUT_KIND.get(kind, kind)}/{source}"
+            if kind == "dead_letter":
+                self._counts["dead_letters"] += 1
+                self._metrics.dead_letter(record["reason"])
+            else:
+                key = (source, _OUT_KIND.get(kind, kind))
+                out[key] = out.get(key, 0) + 1
+            if self._audit is not None:
+                from gatewayd.audit import lineage_event
+
+                self._audit.append(lineage_event(record))
+            self._send(topic, records.dumps(record).encode(), tokens, record["id"])
+        self._counts["records"] += len(outputs)
+        self._progress += len(outputs)
+        for (source, kind), count in out.items():
+            self._metrics.message_out(source, kind, count)
 
     async def _write_points(self, record: dict[str, Any], frame: Any) -> None:
         from gatewayd.pcd import encode_pcd
@@ -705,53 +761,81 @@ class Daemon:
               record_id: str) -> None:
         """Publishes a result; one the broker does not take in time goes to the
         outbox. Its inputs are acknowledged once it is published or spooled."""
-        from gatewayd.outbox import Entry
-
-        entry = Entry(topic, payload, record_id)
         outbox = self._outbox
         if outbox is not None and (len(outbox) or not self._mqtt.connected):
-            self._spool(entry, tokens)  # behind what is spooled already: order holds
+            from gatewayd.outbox import Entry
+
+            # Behind what is spooled already: order holds.
+            self._spool(Entry(topic, payload, record_id), tokens)
             return
+        loop = asyncio.get_running_loop()
+        result = _Result(topic, payload, record_id, tokens,
+                         loop.time() + self.config.outbox.publish_timeout_s)
+        self._results.append(result)
+        self._unsettled += 1
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(result.deadline, self._past_deadline)
         if self._mqtt_up.is_set():
             try:
-                task = self._mqtt.publish_nowait(topic, payload, 1, False)
+                self._mqtt.send(topic, payload, self._published, result)
+                return
             except GatewayError:
-                task = asyncio.ensure_future(self._publish(topic, payload, 1, False))
-        else:
-            task = asyncio.ensure_future(self._publish(topic, payload, 1, False))
+                pass
+        # The client is being replaced (reload): published once the new one is there.
+        task = asyncio.ensure_future(self._publish(topic, payload, 1, False))
         self._publishes.add(task)
-        # A timer, not wait_for: one task a record is what ingest can afford.
-        overdue = asyncio.get_running_loop().call_later(
-            self.config.outbox.publish_timeout_s, self._overdue, task)
 
         def done(t: asyncio.Future[None]) -> None:
             self._publishes.discard(t)
-            overdue.cancel()
-            if t.cancelled() and t in self._timed_out:
-                self._timed_out.discard(t)
-                if self._outbox is not None and not self._intake_closed:
-                    self._spool(entry, tokens)
-                else:
-                    self._abandon(tokens)
-                return
-            if t.cancelled():
-                return
-            if t.exception() is not None:
-                if self._outbox is not None and not self._intake_closed:
-                    self._spool(entry, tokens)
-                    return
-                self._counts["publish_failed"] += 1
-                logger.warning("result not published: %s", t.exception())
-                self._abandon(tokens)  # unacknowledged: the broker sends them again
-                return
-            self._release(tokens)
+            if not t.cancelled():  # cancelled: stopping, the inputs stay unacknowledged
+                self._published(result, t.exception())
 
         task.add_done_callback(done)
 
-    def _overdue(self, task: asyncio.Future[None]) -> None:
-        if not task.done():
-            self._timed_out.add(task)
-            task.cancel()
+    def _published(self, result: _Result, error: BaseException | None) -> None:
+        """The end of a result's publish (called once by the MQTT client)."""
+        if result.settled:
+            return  # past its deadline, already spooled; the broker may still get it
+        result.settled = True
+        self._unsettled -= 1
+        results = self._results
+        while results and results[0].settled:
+            results.popleft()
+        if error is None:
+            self._release(result.tokens)
+        elif self._outbox is not None and not self._intake_closed:
+            self._spool_result(result)
+        else:
+            self._counts["publish_failed"] += 1
+            logger.warning("result not published: %s", error)
+            self._abandon(result.tokens)  # unacknowledged: the broker sends them again
+
+    def _past_deadline(self) -> None:
+        """Results the broker has not acknowledged in time go to the outbox
+        (the publish goes on: the broker may get a result twice)."""
+        self._deadline_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        results = self._results
+        while results and (results[0].settled or results[0].deadline <= now):
+            result = results.popleft()
+            if result.settled:
+                continue
+            result.settled = True
+            self._unsettled -= 1
+            if self._outbox is not None and not self._intake_closed:
+                self._spool_result(result)
+            else:
+                self._abandon(result.tokens)
+        # A reload that shortened the timeout lets later results wait as long
+        # as the older ones ahead of them.
+        if results:
+            self._deadline_timer = loop.call_at(results[0].deadline, self._past_deadline)
+
+    def _spool_result(self, result: _Result) -> None:
+        from gatewayd.outbox import Entry
+
+        self._spool(Entry(result.topic, result.payload, result.record_id), result.tokens)
 
     def _spool(self, entry: Any, tokens: tuple[object, ...]) -> None:
         future = self._outbox.put(entry)
@@ -948,6 +1032,7 @@ class Daemon:
             self._notifier.ready(self._status_line())
             return
         old, self.config = self.config, new
+        self._out_topics.clear()  # the topic prefix may have changed
         assert self._pipeline is not None and self._pool is not None
         self._pipeline.settings = self._pipeline_settings(new)
         self._pipeline.chunk_size = new.pipeline.chunk_size

@@ -15,6 +15,7 @@ it carried is out.
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -137,12 +138,34 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_TPV_NUMBERS = ("lat", "lon", "altMSL", "altHAE", "alt", "speed", "track", "climb", "magvar",
+                "eph", "epx", "epy", "epv")
+# json's C scanner: one call for a document that json.loads would take as it
+# is; anything else (whitespace around it, an error) goes to json.loads.
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _json_object(data: bytes) -> Any:
+    # json.loads reads bytes that open with "{" and a second non-NUL byte as
+    # UTF-8 (no BOM, not UTF-16/32), and decodes them with surrogatepass.
+    if data[:1] == b"{" and data[1:2] not in (b"", b"\0"):
+        try:
+            text = data.decode("utf-8", "surrogatepass")
+            doc, end = _scan(text, 0)
+        except (StopIteration, ValueError, UnicodeDecodeError):
+            pass
+        else:
+            if end == len(text):
+                return doc
+    return json.loads(data)
+
+
 def gps_json_tpv(data: bytes) -> dict[str, Any]:
     """A gpsd TPV object or an OwnTracks location, as TPV fields.
 
     Raises DecodeError for anything else, or a position out of range."""
     try:
-        doc = json.loads(data)
+        doc = _json_object(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"GPS JSON does not parse: {exc}") from None
     except RecursionError:
@@ -150,16 +173,26 @@ def gps_json_tpv(data: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise DecodeError("GPS JSON must be an object")
     tpv: dict[str, Any] = {"class": "TPV"}
-    if doc.get("class") == "TPV":
-        mode = doc.get("mode")
+    get = doc.get
+    if get("class") == "TPV":
+        mode = get("mode")
         tpv["mode"] = mode if type(mode) is int and mode in (1, 2, 3) else 1
-        if isinstance(doc.get("time"), str):
+        if isinstance(get("time"), str):
             tpv["time"] = doc["time"]
-        for name in ("lat", "lon", "altMSL", "altHAE", "alt", "speed", "track", "climb",
-                     "magvar", "eph", "epx", "epy", "epv"):
-            value = _number(doc.get(name))
-            if value is not None:
-                tpv["altMSL" if name == "alt" and "altMSL" not in doc else name] = value
+        isfinite = math.isfinite
+        for name in _TPV_NUMBERS:
+            value = get(name)
+            # _number, inline: JSON numbers are exactly int or float (bool is not one).
+            if type(value) is float:
+                if not isfinite(value):
+                    continue
+            elif type(value) is int:
+                value = _number(value)
+                if value is None:
+                    continue
+            else:
+                continue
+            tpv["altMSL" if name == "alt" and "altMSL" not in doc else name] = value
     elif doc.get("_type") == "location":
         lat, lon = _number(doc.get("lat")), _number(doc.get("lon"))
         if lat is None or lon is None:
@@ -253,10 +286,14 @@ class GpsStream:
                                tpv))
         return out, ()
 
-    def tpv(self, tpv: dict[str, Any], received_at: str, token: object | None = None
-            ) -> list[Item]:
+    def tpv(self, tpv: dict[str, Any], received_at: str, token: object | None = None,
+            input_sha256: str | None = None) -> list[Item]:
+        """A fix of its own (gpsd TPV or OwnTracks JSON). ``input_sha256``: of
+        the message it came in, where it came alone; else it is named by its
+        content."""
         tokens = () if token is None else (token,)
-        return [FixItem(origin(self.source, _tpv_digest(tpv), 0, received_at, tokens), tpv)]
+        digest = _tpv_digest(tpv) if input_sha256 is None else input_sha256
+        return [FixItem(origin(self.source, digest, 0, received_at, tokens), tpv)]
 
 
 def too_large(source: str, size: int, limit: int, received_at: str,

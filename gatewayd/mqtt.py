@@ -68,8 +68,11 @@ when the CONNACK carries it (also for what is sent again after a reconnect).
 Mosquitto 2.0.11 (Debian 12) keeps our Receive Maximum only until its quota
 for us has run out once: the next PUBACK of ours lets everything it queued
 for us out at once. A paused client then keeps what arrives (above), up to
-four times ``receive_maximum``, and hands over the oldest beyond that; the
-owner's queues and the outbox bound what follows.
+four times ``receive_maximum`` messages or ``max_parked_bytes`` (payloads
+and a little for each message), whichever holds more, and hands over the
+oldest beyond that; the owner's queues and the outbox bound what follows.
+A flood of small messages thus waits here, in order, for the owner to take
+it at its own pace, rather than overflowing its queues.
 
 Sessions. The session is persistent (clean_session=False for 3.1.1,
 clean_start=False with a Session Expiry Interval for 5) under a stable client
@@ -163,6 +166,8 @@ class MqttSettings:
     password_file: str | os.PathLike[str] | None = None  # never the password itself
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 1000  # MQTT 5: unacked messages the broker may send us
+    # Messages read while paused, kept beyond 4 x receive_maximum up to this size.
+    max_parked_bytes: int = 16 << 20
     max_inflight: int = 20  # our QoS 1 publishes awaiting PUBACK at once
     max_queued: int = 10_000  # our QoS 1 publishes held in all, sent or not
     reconnect_min_s: float = 1.0
@@ -184,6 +189,8 @@ class MqttSettings:
             raise bad("client_id", "a persistent session needs a stable client id")
         if not 1 <= self.receive_maximum <= 65535:
             raise bad("receive_maximum", "must be within 1..65535")
+        if self.max_parked_bytes < 0:
+            raise bad("max_parked_bytes", "cannot be negative")
         if self.max_inflight < 0:
             raise bad("max_inflight", "cannot be negative")
         if not 1 <= self.max_queued <= 65535:  # each needs a packet id of its own
@@ -229,7 +236,18 @@ class _Delivery:
         self.done = False
 
 
-_Held = tuple[str, bytes, int, bool, "asyncio.Future[None]"]
+# What becomes of a publish: ``done(token, None)`` once the broker has it
+# (QoS 1: its PUBACK; QoS 0: written), ``done(token, error)`` if it cannot be.
+PublishDone = Callable[[Any, "MqttError | None"], None]
+_Held = tuple[str, bytes, int, bool, PublishDone, Any]
+_PARK_COST = 200  # bytes a parked message costs beside its payload (about)
+
+
+def _end(done: PublishDone, token: Any, error: MqttError | None) -> None:
+    try:
+        done(token, error)
+    except Exception:
+        logger.exception("handling the end of an MQTT publish failed")
 
 
 def _describe(exc: BaseException) -> str:
@@ -319,10 +337,14 @@ class MqttClient:
         # deliveries awaiting their PUBACK, oldest first
         self._unacked: collections.deque[_Delivery] = collections.deque()
         self._parked: collections.deque[Message] = collections.deque()  # read while paused
+        self._parked_bytes = 0  # their payloads, and _PARK_COST each
         self._by_delivery: dict[int, _Delivery] = {}
         self._delivery_ids = itertools.count(1)
-        # our publishes: awaiting the broker, or held while a connect is under way
-        self._pending: dict[int, tuple[asyncio.Future[None], int]] = {}
+        # our publishes through paho's own path (QoS 0 and 2), awaiting the
+        # broker, and publishes held while a connect is under way; QoS 1 ones
+        # wait in the LeanClient (lean_pending)
+        self._pending: dict[int, tuple[PublishDone, Any, int]] = {}
+        self._topics: dict[bytes, str] = {}  # topics received, decoded
         self._held: collections.deque[_Held] = collections.deque()
         self._counts = dict(received=0, published=0, acked=0, reconnects=0, connects=0)
 
@@ -352,7 +374,11 @@ class MqttClient:
     @property
     def pending_publishes(self) -> int:
         """Our publishes not yet acknowledged by the broker (QoS 0: not yet written)."""
-        return len(self._pending) + len(self._held)
+        return len(self._pending) + len(self._held) + self._lean_pending()
+
+    def _lean_pending(self) -> int:
+        client = self._paho
+        return client.lean_pending if isinstance(client, LeanClient) else 0
 
     def stats(self) -> MqttStats:
         c = self._counts
@@ -396,14 +422,14 @@ class MqttClient:
         self._tasks = []
         await self._drop_link()
         error = MqttError("the MQTT client closed before the broker acknowledged the publish")
-        for future, _ in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-        for *_, future in self._held:
-            if not future.done():
-                future.set_exception(error)
+        ends = [(done, token) for done, token, _ in self._pending.values()]
+        ends += [(done, token) for *_, done, token in self._held]
+        if isinstance(self._paho, LeanClient):
+            ends += [entry.token for entry in self._paho.lean_reset()]
         self._pending.clear()
         self._held.clear()
+        for done, token in ends:
+            _end(done, token, error)
         self._forget_deliveries()
         self._ready.clear()
         self._paho = None
@@ -662,7 +688,10 @@ class MqttClient:
         # Paused, a link still reads its CONNACK, or it could never connect; and
         # the PUBACKs of our publishes, or nothing would ever make room again.
         return not self._paused or self._connack is None or not self._connack.done() or \
-            bool(self._pending)
+            bool(self._pending) or bool(self._lean_pending())
+
+    def _must_stop_reading(self) -> bool:
+        return self._paused and not self._may_read()
 
     def _stop_reading(self) -> None:
         if self._reading and self._loop is not None:
@@ -696,27 +725,46 @@ class MqttClient:
         count = 0
         while parked and not self._paused and count < self._read_batch:
             count += 1
-            self._deliver(parked.popleft())
+            message = parked.popleft()
+            self._parked_bytes -= len(message.payload) + _PARK_COST
+            self._deliver(message)
         return count
 
     def _drain(self, client: paho.Client, sock: socket.socket, budget: int) -> bool:
         """Reads up to ``budget`` packets; True if more may be waiting where
         no readiness event will announce it."""
-        lean = client if isinstance(client, LeanClient) else None
+        if not self._may_read():
+            self._stop_reading()
+            return False
         tls_pending = self._tls_pending
-        for n in range(budget):
-            if not self._may_read():
-                self._stop_reading()
-                return False
-            rc = lean.read_packet() if lean is not None else client.loop_read()
-            if self._sock is not sock or rc not in (_OK, _AGAIN):
-                return False
-            if n % 4 == 3 and lean is not None and lean.want_write():
-                self._flush()  # PUBACKs let publishes out: the window turns now
-            if (rc == _AGAIN or lean is None) and not (lean is not None and lean.buffered()) \
-                    and not (tls_pending is not None and tls_pending()):
-                return False  # read to the end: readiness brings the reader back
-        return True
+        if not isinstance(client, LeanClient):
+            for _ in range(budget):
+                rc = client.loop_read()
+                if self._sock is not sock or rc not in (_OK, _AGAIN):
+                    return False
+                if not self._may_read():
+                    self._stop_reading()
+                    return False
+                if not (tls_pending is not None and tls_pending()):
+                    return False  # read to the end: readiness brings the reader back
+            return True
+        # What the PUBACKs read make room for is written before each recv: the
+        # window turns now, not once the drain is over.
+        rc, _ = client.read_packets(budget, self._flush, self._must_stop_reading)
+        if self._sock is not sock or rc not in (_OK, _AGAIN):
+            return False
+        if not self._may_read():
+            self._stop_reading()
+            return False
+        return rc == _OK or client.buffered() or (tls_pending is not None and tls_pending() > 0)
+
+    def poll(self) -> None:
+        """For an owner in the middle of a long piece of work: reads what the
+        broker has sent if a publish of ours waits for room in the in-flight
+        window (see ``_poll``); costs next to nothing otherwise."""
+        client = self._paho
+        if isinstance(client, LeanClient) and client.window_full():
+            self._poll()
 
     def _poll(self) -> None:
         """Reads what the broker has sent while a publish of ours waits for
@@ -765,11 +813,13 @@ class MqttClient:
         owner may wait for them to make room): messages read meanwhile wait
         here, in order, and are handed over on ``resume()``. A broker sends at
         most our Receive Maximum unacknowledged, which bounds them; past four
-        times that, they are handed over regardless. Once nothing of ours is
+        times that and ``max_parked_bytes`` too (see the module's docstring),
+        they are handed over regardless. Once nothing of ours is
         pending, reading stops. A link being set up still reads its CONNACK,
         so a paused client connects."""
         self._paused = True
-        if self._connack is not None and self._connack.done() and not self._pending:
+        if self._connack is not None and self._connack.done() and not self._pending and \
+                not self._lean_pending():
             self._stop_reading()
 
     def resume(self) -> None:
@@ -836,12 +886,10 @@ class MqttClient:
         if self._state == "connected":
             self._set_state("waiting", why)
         # A QoS 0 publish not yet written is gone; QoS 1 ones are sent again.
-        lost = [mid for mid, (_, qos) in self._pending.items() if qos == 0]
+        lost = [mid for mid, (*_, qos) in self._pending.items() if qos == 0]
         for mid in lost:
-            future, _ = self._pending.pop(mid)
-            if not future.done():
-                future.set_exception(MqttError("the link dropped before a QoS 0 publish was "
-                                               "written"))
+            done, token, _ = self._pending.pop(mid)
+            _end(done, token, MqttError("the link dropped before a QoS 0 publish was written"))
         self._link_down.set()
 
     def _on_paho_message(self, client: paho.Client, userdata: Any,
@@ -860,13 +908,22 @@ class MqttClient:
     def _on_fast_message(self, topic: bytes, payload: bytes, qos: int, retain: bool, mid: int,
                          dup: bool) -> None:
         delivery = self._register(qos, mid)
-        try:
-            text = topic.decode()
-        except UnicodeDecodeError:
-            logger.warning("dropped an MQTT message whose topic is not UTF-8")
-            self._ack(delivery)
-            return
-        self._hand_over(Message(text, payload, qos, retain, mid, dup, delivery))
+        text = self._topics.get(topic)
+        if text is None:
+            try:
+                text = topic.decode()
+            except UnicodeDecodeError:
+                logger.warning("dropped an MQTT message whose topic is not UTF-8")
+                self._ack(delivery)
+                return
+            if len(self._topics) >= 1024:  # sources come and go: the memo stays bounded
+                self._topics.clear()
+            self._topics[topic] = text
+        message = Message(text, payload, qos, retain, mid, dup, delivery)
+        if self._paused or self._parked:
+            self._hand_over(message)
+        else:
+            self._deliver(message)
 
     def _register(self, qos: int, mid: int) -> int:
         """Counts a received PUBLISH; a QoS 1/2 one joins the PUBACK queue."""
@@ -883,9 +940,12 @@ class MqttClient:
         parked = self._parked
         if self._paused or parked:
             parked.append(message)  # in order, behind what waits already
-            if len(parked) <= 4 * self.settings.receive_maximum:
+            self._parked_bytes += len(message.payload) + _PARK_COST
+            if len(parked) <= 4 * self.settings.receive_maximum or \
+                    self._parked_bytes <= self.settings.max_parked_bytes:
                 return
             message = parked.popleft()
+            self._parked_bytes -= len(message.payload) + _PARK_COST
         self._deliver(message)
 
     def _deliver(self, message: Message) -> None:
@@ -902,14 +962,23 @@ class MqttClient:
         entry = self._pending.pop(mid, None)
         if entry is None:
             return
-        future = entry[0]
+        done, token, _ = entry
         if reason.is_failure:
-            if not future.done():
-                future.set_exception(MqttError(f"the broker refused the publish: {reason}"))
+            _end(done, token, MqttError(f"the broker refused the publish: {reason}"))
             return
         self._counts["published"] += 1
-        if not future.done():
-            future.set_result(None)
+        _end(done, token, None)
+
+    def _on_lean_done(self, end: tuple[PublishDone, Any], reason: Any) -> None:
+        done, token = end
+        if reason is not None:
+            _end(done, token, MqttError(f"the broker refused the publish: {reason}"))
+            return
+        self._counts["published"] += 1
+        try:
+            done(token, None)
+        except Exception:
+            logger.exception("handling the end of an MQTT publish failed")
 
     # ---- acks ----
 
@@ -928,59 +997,96 @@ class MqttClient:
         if client is None or self._connect_busy:
             return
         unacked = self._unacked
+        lean = client if isinstance(client, LeanClient) else None
         while unacked and unacked[0].done:
             head = unacked.popleft()
-            client.ack(head.mid, head.qos)
+            if lean is not None and head.qos == 1:
+                lean.ack_lean(head.mid)
+            else:
+                client.ack(head.mid, head.qos)
             self._counts["acked"] += 1
 
     def _forget_deliveries(self) -> None:
         self._unacked.clear()
         self._by_delivery.clear()
         self._parked.clear()  # the broker sends them again
+        self._parked_bytes = 0
 
     # ---- publishing ----
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1,
                       retain: bool = False) -> None:
         """Returns once the broker acknowledged the message (QoS 1) or it was
-        written (QoS 0). While the link is down a QoS 1 message waits in paho's
-        queue and is sent after the reconnect; a QoS 0 one fails with MqttError."""
+        written (QoS 0). While the link is down a QoS 1 message waits in the
+        client's queue and is sent after the reconnect; a QoS 0 one fails with
+        MqttError."""
         await self.publish_nowait(topic, payload, qos, retain)
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 1,
                        retain: bool = False) -> asyncio.Future[None]:
         """``publish`` without a coroutine: the future resolves as it would
-        return. Cancelling the future only stops waiting: a message paho has
-        taken is still sent. Raises MqttError when the client is not running."""
+        return. Cancelling the future only stops waiting: a message the client
+        has taken is still sent. Raises MqttError when the client is not running."""
         if not self._entered or self._loop is None:
             raise MqttError("the MQTT client is not running")
         future: asyncio.Future[None] = self._loop.create_future()
-        if self._connect_busy:
-            self._held.append((topic, payload, qos, retain, future))
-        else:
-            self._submit(topic, payload, qos, retain, future)
+        self.send(topic, payload, _settle_future, future, qos, retain)
         return future
 
-    def _submit(self, topic: str, payload: bytes, qos: int, retain: bool,
-                future: asyncio.Future[None]) -> None:
-        assert self._paho is not None
-        info = self._paho.publish(topic, payload, qos, retain)
-        rc = info.rc
-        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            future.set_exception(MqttError(
-                f"the MQTT outgoing queue is full ({len(self._pending)} publishes outstanding, "
-                f"max_queued {self.settings.max_queued})"))
-        elif rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
-            future.set_exception(MqttError("not connected: a QoS 0 message is not queued"))
-        elif rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            future.set_exception(MqttError(f"publish failed: {paho.error_string(rc)}"))
+    def send(self, topic: str, payload: bytes, done: PublishDone, token: Any, qos: int = 1,
+             retain: bool = False) -> None:
+        """``publish`` for callers that keep their own books: no future and no
+        task. ``done(token, None)`` is called once the broker has the message
+        (as ``publish`` returns), ``done(token, error)`` once it cannot have
+        it (as ``publish`` raises), in the loop, exactly once; for a publish
+        refused at once (the queue is full, QoS 0 without a link), before
+        ``send`` returns. Publishes of QoS 1 without properties, the daemon's
+        every result, take the LeanClient's lean path (no paho message
+        objects). Raises MqttError when the client is not running."""
+        if not self._entered or self._loop is None:
+            raise MqttError("the MQTT client is not running")
+        if self._connect_busy:
+            self._held.append((topic, payload, qos, retain, done, token))
         else:
-            self._pending[info.mid] = (future, qos)
+            self._submit(topic, payload, qos, retain, done, token)
+
+    def _submit(self, topic: str, payload: bytes, qos: int, retain: bool, done: PublishDone,
+                token: Any) -> None:
+        client = self._paho
+        assert client is not None
+        if qos == 1 and isinstance(client, LeanClient):
+            try:
+                rc = client.publish_lean(topic.encode(), payload, retain, self._on_lean_done,
+                                         (done, token))
+            except (ValueError, UnicodeEncodeError) as exc:
+                _end(done, token, MqttError(f"publish refused: {exc}"))
+                return
+            if rc == _OK:
+                client.lean_send()
+        else:
+            try:
+                info = client.publish(topic, payload, qos, retain)
+            except ValueError as exc:
+                _end(done, token, MqttError(f"publish refused: {exc}"))
+                return
+            rc = info.rc
+            if rc in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN) and \
+                    not (rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0):
+                self._pending[info.mid] = (done, token, qos)
+        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            _end(done, token, MqttError(
+                f"the MQTT outgoing queue is full ({self.pending_publishes} publishes "
+                f"outstanding, max_queued {self.settings.max_queued})"))
+        elif rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
+            _end(done, token, MqttError("not connected: a QoS 0 message is not queued"))
+        elif rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            _end(done, token, MqttError(f"publish failed: {paho.error_string(rc)}"))
+        else:
             if not self._reading and self._sock is not None and self._loop is not None:
                 # Paused with nothing pending stopped reading: its PUBACK must be read.
                 self._loop.add_reader(self._fd, self._on_readable)
                 self._reading = True
-            if qos and isinstance(self._paho, LeanClient) and self._paho.window_full():
+            if qos and isinstance(client, LeanClient) and client.window_full():
                 self._queued_since_poll += 1
                 if self._queued_since_poll >= self._poll_every:
                     self._queued_since_poll = 0
@@ -988,6 +1094,13 @@ class MqttClient:
 
     def _flush_held(self) -> None:
         while self._held:
-            topic, payload, qos, retain, future = self._held.popleft()
-            if not future.done():
-                self._submit(topic, payload, qos, retain, future)
+            self._submit(*self._held.popleft())
+
+
+def _settle_future(future: asyncio.Future[None], error: MqttError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -188,18 +188,22 @@ class PipelineStats:
 # Each record goes out with the tokens of the items it was made from.
 Emit = Callable[[Record, tuple[object, ...]], Awaitable[None]]
 Output = tuple[Record, tuple[object, ...]]
+# A chunk's records at once, in order (the daemon publishes them together).
+EmitMany = Callable[[list[Output]], Awaitable[None]]
 WritePoints = Callable[[Record, Any], Awaitable[None]]
 
 
 class Pipeline:
     def __init__(self, settings: PipelineSettings, runner: ChunkRunner, emit: Emit,
-                 write_points: WritePoints | None = None) -> None:
+                 write_points: WritePoints | None = None, *,
+                 emit_many: EmitMany | None = None) -> None:
         self.settings = settings
         self.chunk_size = settings.chunk_size
         self.stats = PipelineStats()
         self.queue: Channel[tuple[int, Item]] = Channel(settings.queue_size, name="pipeline")
         self._runner = runner
         self._emit = emit
+        self._emit_many = emit_many  # if given, used instead of emit
         self._write_points = write_points
         self._seq = itertools.count()
         self._chunk_ids = itertools.count()
@@ -330,8 +334,13 @@ class Pipeline:
 
     async def _flush(self) -> None:
         while self._next_emit in self._done:
-            for record, tokens in self._done.pop(self._next_emit):
-                await self._emit(record, tokens)
+            out = self._done.pop(self._next_emit)
+            if self._emit_many is not None:
+                if out:
+                    await self._emit_many(out)
+            else:
+                for record, tokens in out:
+                    await self._emit(record, tokens)
             self._next_emit += 1
 
     def _chunk_id(self) -> str:
@@ -528,6 +537,11 @@ class Pipeline:
         return handle.array()  # type: ignore[no-any-return]
 
 
+# The members of a gps_fix record that are not TPV fields.
+_FIX_OWN = frozenset({"kind", "id", "source", "received_at", "processed_at", "lineage", "x", "y",
+                      "crs", "zones"})
+
+
 class _FixRecords:
     """gps_fix records of one chunk: they share its time of processing."""
 
@@ -535,23 +549,57 @@ class _FixRecords:
         self.crs_to = crs_to
         self.processed_at = records.utc_now()
         self._lineages: dict[str, dict[str, Any]] = {}
+        # The line's members that all of the chunk's records share, encoded once.
+        shared = records.Lineage("", "crs_from_lonlat", LONLAT, crs_to).as_dict()
+        del shared["input_sha256"]
+        self._processed_json = records.dumps_value(self.processed_at)
+        self._lineage_tail = "," + records.dumps_members(shared) + "}"
+        self._crs_json = ',"crs":' + records.dumps_value(crs_to) + ',"zones":'
+        self._zone_json: dict[tuple[str, ...], str] = {}
 
     def make(self, o: _Origin, record_id: str, fields: dict[str, Any], x: float, y: float,
              zones: Sequence[str]) -> Record:
-        lineage = self._lineages.get(o.input_sha256)
+        """A record, made with its JSON line (see ``records.Record``)."""
+        input_sha256 = o.input_sha256
+        lineage = self._lineages.get(input_sha256)
         if lineage is None:
-            lineage = self._lineages[o.input_sha256] = records.Lineage(
-                o.input_sha256, "crs_from_lonlat", LONLAT, self.crs_to).as_dict()
-        rec: Record = {"kind": "gps_fix", "id": record_id, "source": o.source,
-                       "received_at": o.received_at, "processed_at": self.processed_at,
-                       "lineage": lineage.copy()}
+            lineage = self._lineages[input_sha256] = records.Lineage(
+                input_sha256, "crs_from_lonlat", LONLAT, self.crs_to).as_dict()
+        rec: dict[str, Any] = {"kind": "gps_fix", "id": record_id, "source": o.source,
+                               "received_at": o.received_at,
+                               "processed_at": self.processed_at, "lineage": lineage.copy()}
+        if not fields.keys().isdisjoint(_FIX_OWN):  # no TPV field is one: never so far
+            rec.update(fields)
+            rec.update(self._tail(x, y, zones))
+            return rec
         rec.update(fields)
+        members = records.dumps_members(fields)
+        parts = ['{"kind":"gps_fix","id":', records.dumps_value(record_id), ',"source":',
+                 records.dumps_value(o.source), ',"received_at":',
+                 records.dumps_value(o.received_at), ',"processed_at":', self._processed_json,
+                 ',"lineage":{"input_sha256":', records.dumps_value(input_sha256),
+                 self._lineage_tail]
+        if members:
+            parts += (",", members)
         if math.isfinite(x) and math.isfinite(y):
             rec["x"] = x
             rec["y"] = y
+            parts.append(f',"x":{x!r},"y":{y!r}')
+        zone_list = list(zones)
         rec["crs"] = self.crs_to
-        rec["zones"] = list(zones)
-        return rec
+        rec["zones"] = zone_list
+        key = tuple(zone_list)
+        zones_text = self._zone_json.get(key)
+        if zones_text is None:
+            zones_text = self._zone_json[key] = records.dumps_value(zone_list)
+        parts += (self._crs_json, zones_text, "}")
+        return records.Record(rec, "".join(parts))
+
+    def _tail(self, x: float, y: float, zones: Sequence[str]) -> dict[str, Any]:
+        tail: dict[str, Any] = {"x": x, "y": y} if math.isfinite(x) and math.isfinite(y) else {}
+        tail["crs"] = self.crs_to
+        tail["zones"] = list(zones)
+        return tail
 
     def batch(self, item: FixBatch, xy: list[list[float]],
               zones: Sequence[Sequence[str]]) -> list[Output]:

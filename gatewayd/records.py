@@ -27,6 +27,7 @@ __all__ = [
     "content_digest",
     "dead_letter",
     "dumps",
+    "dumps_members",
     "dumps_value",
     "input_digest",
     "record_id",
@@ -225,6 +226,14 @@ class Record(dict[str, Any]):
 def dumps_value(value: Any) -> str:
     """Any JSON value, as ``dumps`` writes it inside a record."""
     return _ENCODER.encode(value)
+
+
+def dumps_members(value: dict[str, Any]) -> str:
+    """A dict's members as ``dumps`` writes them, without the braces: to
+    splice into a record's line."""
+    if _encode is not None and type(value) is dict:
+        return "".join(_encode(value, 0))[1:-1]
+    return _ENCODER.encode(value)[1:-1]
 
 
 def dumps(record: Mapping[str, Any]) -> str:

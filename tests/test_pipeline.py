@@ -287,6 +287,16 @@ def test_records_are_written_as_json_dumps_writes_them():
     out = [r for crs in ("EPSG:4326", "EPSG:32632")
            for r in _run([batch], InProcessRunner(), crs_to=crs)]
     out += _run([_fix(i) for i in range(3)], InProcessRunner())
+    # Single fixes (TPV messages) too: a source to escape, a fix without a
+    # position, one with every TPV number, in lon/lat and projected.
+    odd = [FixItem(origin('gps "7" é\t', "c" * 64, 0, "2026-01-01T00:00:00.000Z"),
+                   {"mode": 1, "time": "2026-01-01T00:00:00.000Z"}),
+           FixItem(origin("gps/ø", "b" * 64, 1, "2026-01-01T00:00:00.5Z"),
+                   {"class": "TPV", "mode": 3, "lat": -33.5, "lon": 151.25, "altMSL": 12.0,
+                    "altHAE": 40.125, "speed": 0.0, "track": 359.99, "climb": -0.1,
+                    "magvar": 1e-7, "eph": 1e16, "epx": 3.0, "epy": 4.0, "epv": 5.0})]
+    out += [r for crs in ("EPSG:4326", "EPSG:32756")
+            for r in _run(odd, InProcessRunner(), crs_to=crs)]
     bow = np.array([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)], float) * 1e-3 + 0.1
     sq = np.array([(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)], float) * 1e-3 + 0.1
     out += _run([PolygonItem(origin('sensors "4"', "e" * 64, i, "t"), f'f"{i}"', ((ring,),),
