@@ -19,6 +19,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import json.encoder
 import logging
 import math
 import time
@@ -537,6 +538,7 @@ class Pipeline:
         return handle.array()  # type: ignore[no-any-return]
 
 
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 # The members of a gps_fix record that are not TPV fields.
 _FIX_OWN = frozenset({"kind", "id", "source", "received_at", "processed_at", "lineage", "x", "y",
                       "crs", "zones"})
@@ -548,12 +550,13 @@ class _FixRecords:
     def __init__(self, crs_to: str) -> None:
         self.crs_to = crs_to
         self.processed_at = records.utc_now()
-        self._lineages: dict[str, dict[str, Any]] = {}
-        # The line's members that all of the chunk's records share, encoded once.
+        # What the records' lineages share, and the members of the line all of
+        # the chunk's records share, encoded once.
         shared = records.Lineage("", "crs_from_lonlat", LONLAT, crs_to).as_dict()
         del shared["input_sha256"]
-        self._processed_json = records.dumps_value(self.processed_at)
-        self._lineage_tail = "," + records.dumps_members(shared) + "}"
+        self._lineage_rest = shared
+        self._after_source = ',"processed_at":' + records.dumps_value(self.processed_at)
+        self._lineage_tail = '",' + records.dumps_members(shared) + "}"
         self._crs_json = ',"crs":' + records.dumps_value(crs_to) + ',"zones":'
         self._zone_json: dict[tuple[str, ...], str] = {}
 
@@ -561,24 +564,20 @@ class _FixRecords:
              zones: Sequence[str]) -> Record:
         """A record, made with its JSON line (see ``records.Record``)."""
         input_sha256 = o.input_sha256
-        lineage = self._lineages.get(input_sha256)
-        if lineage is None:
-            lineage = self._lineages[input_sha256] = records.Lineage(
-                input_sha256, "crs_from_lonlat", LONLAT, self.crs_to).as_dict()
+        lineage = {"input_sha256": input_sha256}
+        lineage.update(self._lineage_rest)
         rec: dict[str, Any] = {"kind": "gps_fix", "id": record_id, "source": o.source,
                                "received_at": o.received_at,
-                               "processed_at": self.processed_at, "lineage": lineage.copy()}
+                               "processed_at": self.processed_at, "lineage": lineage}
+        rec.update(fields)
         if not fields.keys().isdisjoint(_FIX_OWN):  # no TPV field is one: never so far
-            rec.update(fields)
             rec.update(self._tail(x, y, zones))
             return rec
-        rec.update(fields)
         members = records.dumps_members(fields)
-        parts = ['{"kind":"gps_fix","id":', records.dumps_value(record_id), ',"source":',
-                 records.dumps_value(o.source), ',"received_at":',
-                 records.dumps_value(o.received_at), ',"processed_at":', self._processed_json,
-                 ',"lineage":{"input_sha256":', records.dumps_value(input_sha256),
-                 self._lineage_tail]
+        # Ids and digests are hex: nothing in them to escape.
+        parts = ['{"kind":"gps_fix","id":"', record_id, '","source":', _json_str(o.source),
+                 ',"received_at":', _json_str(o.received_at), self._after_source,
+                 ',"lineage":{"input_sha256":"', input_sha256, self._lineage_tail]
         if members:
             parts += (",", members)
         if math.isfinite(x) and math.isfinite(y):
