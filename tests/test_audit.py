@@ -581,7 +581,7 @@ def test_a_power_loss_at_any_byte_leaves_a_log_that_verifies_and_continues(
             cut = data[:int(where * len(data))]
             path.write_bytes(cut)
             result = verify(directory) if cut else None
-            if torn and cut.endswith(b"\n" + torn + b"\n") or cut == torn + b"\n":
+            if torn and (cut.endswith(b"\n" + torn + b"\n") or cut == torn + b"\n"):
                 # The one cut the module's docstring owns up to: just after the
                 # newline that the reopened log wrote to end a torn line, before
                 # the audit.torn line that commits to it. A false alarm on that
