@@ -538,7 +538,7 @@ class Pipeline:
         return handle.array()  # type: ignore[no-any-return]
 
 
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_json_str = json.encoder.encode_basestring_ascii
 # The members of a gps_fix record that are not TPV fields.
 _FIX_OWN = frozenset({"kind", "id", "source", "received_at", "processed_at", "lineage", "x", "y",
                       "crs", "zones"})
