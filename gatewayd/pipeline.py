@@ -580,10 +580,16 @@ class _FixRecords:
                  ',"lineage":{"input_sha256":"', input_sha256, self._lineage_tail]
         if members:
             parts += (",", members)
+        return self._finish(rec, "".join(parts), x, y, zones)
+
+    def _finish(self, rec: dict[str, Any], line: str, x: float, y: float,
+                zones: Sequence[str]) -> Record:
+        """The record with its position in the target CRS (where there is
+        one), the CRS and the zones, after what ``rec`` and ``line`` hold."""
         if math.isfinite(x) and math.isfinite(y):
             rec["x"] = x
             rec["y"] = y
-            parts.append(f',"x":{x!r},"y":{y!r}')
+            line += f',"x":{x!r},"y":{y!r}'
         zone_list = list(zones)
         rec["crs"] = self.crs_to
         rec["zones"] = zone_list
@@ -591,8 +597,7 @@ class _FixRecords:
         zones_text = self._zone_json.get(key)
         if zones_text is None:
             zones_text = self._zone_json[key] = records.dumps_value(zone_list)
-        parts += (self._crs_json, zones_text, "}")
-        return records.Record(rec, "".join(parts))
+        return records.Record(rec, f"{line}{self._crs_json}{zones_text}}}")
 
     def _tail(self, x: float, y: float, zones: Sequence[str]) -> dict[str, Any]:
         tail: dict[str, Any] = {"x": x, "y": y} if math.isfinite(x) and math.isfinite(y) else {}
@@ -614,8 +619,6 @@ class _FixRecords:
         # '{"kind":"gps_fix","id":"' + id + '",' + the members from "source" on.
         before_id = '{"kind":"gps_fix","id":"'
         after_id = '"' + shared[shared.index(',"source":'):-1] + ","
-        crs = f',"crs":{records.dumps_value(self.crs_to)},"zones":'
-        zone_json: dict[tuple[str, ...], str] = {}
         out: list[Output] = []
         for record_id, (fields, members), (x, y), z in zip(item.item_ids(),
                                                           item.fixes.fields_json(), xy, zones):
@@ -624,18 +627,7 @@ class _FixRecords:
             rec["lineage"] = lineage.copy()
             rec.update(fields)
             line = f"{before_id}{record_id}{after_id}{members}"
-            if math.isfinite(x) and math.isfinite(y):
-                rec["x"] = x
-                rec["y"] = y
-                line += f',"x":{x!r},"y":{y!r}'
-            rec["crs"] = self.crs_to
-            zone_list = list(z)
-            rec["zones"] = zone_list
-            key = tuple(zone_list)
-            zones_text = zone_json.get(key)
-            if zones_text is None:
-                zones_text = zone_json[key] = records.dumps_value(zone_list)
-            out.append((records.Record(rec, f"{line}{crs}{zones_text}}}"), ()))
+            out.append((self._finish(rec, line, x, y, z), ()))
         if o.tokens and out:
             out[-1] = (out[-1][0], o.tokens)
         return out
