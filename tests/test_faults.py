@@ -19,7 +19,9 @@ import sysconfig
 import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -166,35 +168,34 @@ def _record(ledger: dict, name: str, sent: int, faults: int, sub: Collector) -> 
         results, dead = list(sub.results), list(sub.dead)
     dead_items = {i for d in dead for i in d["items"]}
     lost = sent - len({r["id"] for r in results} | dead_items)
-    ids: dict[float, set[str]] = {}
-    for r in results:
-        ids.setdefault(r["lat"], set()).add(r["id"])
+    duplicates, identical = _duplicates(results)
     ledger[name] = {"sent": sent, "faults": faults, "lost": lost,
                     "dead_lettered": len(dead_items),
-                    "duplicates": len(results) - len(ids),
-                    "identical_ids": all(len(v) == 1 for v in ids.values())}
+                    "duplicates": duplicates, "identical_ids": identical}
     assert lost == 0
 
 
-def _fix_duplicates(fixes: list[dict]) -> tuple[int, bool]:
-    """Fixes that came more than once, and whether each came with one id.
-    A fix is its content (the receiver's time alone would not do: before
+def _duplicates(results: list[dict], key: Callable[[dict], Any] = lambda r: r["lat"]
+                ) -> tuple[int, bool]:
+    """Results that came more than once (the same ``key``: by default the
+    latitude that marks each input), and whether each came with one id."""
+    ids: dict[Any, set[str]] = {}
+    for r in results:
+        ids.setdefault(key(r), set()).add(r["id"])
+    return len(results) - len(ids), all(len(v) == 1 for v in ids.values())
+
+
+def _content(fix: dict) -> str:
+    """A fix by its content. The receiver's time alone would not do: before
     gpsd-style assembly has learned which sentence ends a cycle, the first
-    cycle is reported twice, after RMC and after GGA, as two records)."""
-    ids: dict[str, set[str]] = {}
-    for f in fixes:
-        key = json.dumps({k: v for k, v in f.items()
-                          if k not in ("id", "received_at", "processed_at", "lineage")},
-                         sort_keys=True)
-        ids.setdefault(key, set()).add(f["id"])
-    return len(fixes) - len(ids), all(len(v) == 1 for v in ids.values())
+    cycle is reported twice, after RMC and after GGA, as two records."""
+    return json.dumps({k: v for k, v in fix.items()
+                       if k not in ("id", "received_at", "processed_at", "lineage")},
+                      sort_keys=True)
 
 
 def _same_id_for_each_duplicate(results: list[dict]) -> None:
-    ids: dict[float, set[str]] = {}
-    for r in results:
-        ids.setdefault(r["lat"], set()).add(r["id"])
-    assert all(len(v) == 1 for v in ids.values())
+    assert _duplicates(results)[1]
 
 
 def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(tmp_path, ledger):
@@ -417,7 +418,7 @@ def test_a_serial_receiver_unplugged_and_replugged_loses_no_fix_it_sent(
         assert {"open", "waiting"} <= states
         times = sorted({f["time"] for f in fixes()})
         assert len(times) == len(sent) == 60
-        duplicates, identical = _fix_duplicates(fixes())
+        duplicates, identical = _duplicates(fixes(), _content)
         ledger["serial unplugged x3"] = {
             "sent": len(sent), "faults": 3, "lost": len(sent) - len(times),
             "dead_lettered": 0, "duplicates": duplicates, "identical_ids": identical}
@@ -456,7 +457,7 @@ def test_results_made_while_the_broker_is_away_are_spooled_and_sent_after(tmp_pa
         assert status["outbox"]["pending"] >= 1  # they waited on disk
         damaged = final["outbox"]["corrupt_skipped"] + final["outbox"]["torn_tails"]
         assert damaged >= 1  # the corrupt segment found at start was counted, not fatal
-        duplicates, identical = _fix_duplicates(list(sub.results))
+        duplicates, identical = _duplicates(list(sub.results), _content)
         ledger["broker away, results spooled"] = {
             "sent": 40, "faults": 1, "lost": 40 - len(set(times)), "dead_lettered": 0,
             "duplicates": duplicates, "identical_ids": identical}
