@@ -228,12 +228,10 @@ def dumps_value(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def dumps_members(value: dict[str, Any]) -> str:
+def dumps_members(value: Mapping[str, Any]) -> str:
     """A dict's members as ``dumps`` writes them, without the braces: to
     splice into a record's line."""
-    if _encode is not None and type(value) is dict:
-        return "".join(_encode(value, 0))[1:-1]
-    return _ENCODER.encode(value)[1:-1]
+    return dumps(value)[1:-1]
 
 
 def dumps(record: Mapping[str, Any]) -> str:
