@@ -41,9 +41,14 @@ class Subscriber:
         self._lock = threading.Lock()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-sub")
         self._client.on_message = self._on_message
+        subscribed = threading.Event()
+        self._client.on_subscribe = lambda *a: subscribed.set()
         self._client.connect("127.0.0.1", port)
         self._client.subscribe(f"gatewayd/{GW}/#", qos=1)
         self._client.loop_start()
+        # Nothing published before the SUBACK would reach this subscriber.
+        if not subscribed.wait(10):
+            raise AssertionError("the broker did not acknowledge the subscription")
 
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:

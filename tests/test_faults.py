@@ -89,9 +89,15 @@ class Collector:
         self.client.reconnect_delay_set(0.1, 1)
         self.client.on_connect = lambda c, *a: c.subscribe(
             [(f"gatewayd/{GW}/out/#", 1), (f"gatewayd/{GW}/dead/#", 1)])
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        # A result published before the broker holds the subscription is never
+        # delivered, so nothing may be sent before the SUBACK.
+        if not subscribed.wait(10 * TIME_SCALE):
+            raise AssertionError("the broker did not acknowledge the subscription")
 
     def _on_message(self, client, userdata, message) -> None:
         record = json.loads(message.payload)
