@@ -296,11 +296,16 @@ class WorkerPool:
                  init_args: tuple[Any, ...] = (), memory_limit_mb: int = 180,
                  chunk_timeout_s: float = 4.0, retries: int = 1,
                  start_method: str = "forkserver", env: Mapping[str, str] | None = None,
-                 on_chunk: Callable[[float], None] | None = None) -> None:
+                 on_chunk: Callable[[float], None] | None = None,
+                 start_timeout_s: float = 60.0) -> None:
         if size < 1:
             raise ValueError("a pool needs at least one worker")
         self.size = size
         self.chunk_timeout_s = chunk_timeout_s
+        # A worker not ready by then (stuck importing from a failing SD card,
+        # say) is killed and counted as dying at start: it must not hold its
+        # slot for good.
+        self.start_timeout_s = start_timeout_s
         self.retries = retries
         self._handler = handler
         self._init = init
@@ -380,7 +385,7 @@ class WorkerPool:
             self._start_worker()
 
     async def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout_s
         while True:
             if not self._workers and not self._early_deaths:
                 raise WorkerError("every worker failed to start (see the log for why)")
@@ -390,7 +395,7 @@ class WorkerPool:
             if len(self._workers) >= self.size and all(w.ready for w in self._workers.values()):
                 return
             if time.monotonic() > deadline:
-                raise WorkerError("workers did not start within 60 s")
+                raise WorkerError(f"workers did not start within {self.start_timeout_s:g} s")
             await asyncio.sleep(0.01)
 
     def _start_worker(self, replacing_since: float | None = None) -> None:
@@ -415,6 +420,20 @@ class WorkerPool:
             self._replace_started[worker.pid] = replacing_since
         self._loop.add_reader(parent.fileno(), self._on_message, worker)
         self._loop.add_reader(process.sentinel, self._on_exit, worker)
+        worker.deadline = self._loop.call_later(self.start_timeout_s, self._on_start_deadline,
+                                                worker)
+
+    def _on_start_deadline(self, worker: _Worker) -> None:
+        worker.deadline = None
+        if worker.ready or worker.pid not in self._workers:
+            return
+        logger.warning("worker %d not ready within %g s: killing it", worker.pid,
+                       self.start_timeout_s, extra={"gatewayd_worker_pid": worker.pid,
+                                                    "gatewayd_reason": "worker_start"})
+        # Its exit is seen as a death before it was ready: another follows,
+        # backing off.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
 
     def _forget(self, worker: _Worker) -> None:
         assert self._loop is not None
@@ -467,6 +486,9 @@ class WorkerPool:
         kind = message[0]
         if kind == "ready":
             worker.ready = True
+            if worker.deadline is not None:
+                worker.deadline.cancel()
+                worker.deadline = None
             self._early_deaths = 0
             started = self._replace_started.pop(worker.pid, None)
             if started is not None:

@@ -314,6 +314,24 @@ def test_settings_workers_cannot_start_with_are_retried_backing_off_and_undone(b
     run(main())
 
 
+def test_a_worker_stuck_as_it_starts_is_killed_at_its_deadline_and_replaced(caplog):
+    async def main():
+        async with pool(size=1, start_timeout_s=4 * TIME_SCALE) as p:
+            p.reconfigure(("hang",))  # the idle worker is replaced by one that never starts
+            await asyncio.sleep(0.5 * TIME_SCALE)
+            stuck = [w.pid for w in p.stats().workers]
+            assert len(stuck) == 1 and _alive(stuck[0])
+            p.reconfigure(("t",))  # its successor may start again
+            result = await asyncio.wait_for(p.run("e", ("echo", 1)), 40 * TIME_SCALE)
+            assert result[0] == "t" and result[1] != stuck[0]
+            assert not _alive(stuck[0]) and p.stats().restarts >= 1
+            return stuck[0]
+
+    with caplog.at_level("WARNING", logger="gatewayd"):
+        pid = run(main())
+    assert f"worker {pid} not ready within" in caplog.text
+
+
 def test_reconfigure_replaces_every_worker_and_loses_no_chunk():
     async def main():
         async with pool() as p:

@@ -17,6 +17,8 @@ _state: dict[str, Any] = {}
 def init(tag: str) -> None:
     if tag == "die":  # as a worker killed while it starts (a bad library, say)
         os._exit(3)
+    if tag == "hang":  # as a worker stuck while it starts (an import from a failing disk)
+        time.sleep(3600)
     if tag == "refuse":
         raise RuntimeError("cannot start with these settings")
     _state["tag"] = tag
