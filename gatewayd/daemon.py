@@ -41,6 +41,7 @@ from gatewayd.config import Config, load_config
 from gatewayd.errors import DecodeError, GatewayError
 from gatewayd.pipeline import Item, Pipeline, PipelineSettings
 from gatewayd.replay import zones_dir
+from gatewayd.results import ResultSender
 from gatewayd.spill import SerialBacklog
 from gatewayd.workers import WorkerPool, stop_helper_processes
 
@@ -72,22 +73,6 @@ class _Ticket:
         return self.stream is not None and self.stream.waits_for(self)
 
 
-class _Result:
-    """A result published and not yet acknowledged by the broker, in the
-    order of publishing, with the time by which it must be (loop time)."""
-
-    __slots__ = ("deadline", "payload", "record_id", "settled", "tokens", "topic")
-
-    def __init__(self, topic: str, payload: bytes, record_id: str, tokens: tuple[object, ...],
-                 deadline: float) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.record_id = record_id
-        self.tokens = tokens
-        self.deadline = deadline
-        self.settled = False  # acknowledged, failed or past its deadline: dealt with
-
-
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None = None,
                  overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None
@@ -110,14 +95,11 @@ class Daemon:
         self._wakeup = asyncio.Event()
         self._ports: dict[str, Any] = {}
         self._port_tasks: dict[str, asyncio.Task[None]] = {}
-        self._publishes: set[asyncio.Future[Any]] = set()  # spooling, lineage
-        # Results published, oldest first, while their acknowledgement is due;
-        # one timer watches the oldest one's deadline.
-        self._results: collections.deque[_Result] = collections.deque()
-        self._unsettled = 0  # results published and not yet dealt with
-        self._deadline_timer: asyncio.TimerHandle | None = None
         self._out_topics: dict[tuple[str, str], str] = {}  # (kind, source): topic
         self._counts: collections.Counter[str] = collections.Counter()
+        self._results = ResultSender(timeout_s=config.outbox.publish_timeout_s,
+                                     release=self._release, abandon=self._abandon,
+                                     counts=self._counts)
         self._mqtt: Any = None
         self._pipeline: Pipeline | None = None
         self._pool: WorkerPool | None = None
@@ -130,7 +112,6 @@ class Daemon:
         self._next_thermal = 0.0
         self._intake_closed = False
         self._zones = contextlib.ExitStack()
-        self._mqtt_up = asyncio.Event()  # clear while the client is being replaced
         self._outbox: Any = None
         self._audit: Any = None
         self._lags: collections.deque[float] = collections.deque(maxlen=1200)
@@ -259,11 +240,10 @@ class Daemon:
 
     def _publish_lineage(self, line: bytes) -> None:
         task = asyncio.ensure_future(
-            self._publish(f"{self.config.topic_prefix}/lineage", line, 1, False))
-        self._publishes.add(task)
+            self._results.publish(f"{self.config.topic_prefix}/lineage", line, 1, False))
+        self._results.track(task)
 
         def done(t: asyncio.Future[None]) -> None:
-            self._publishes.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 self._counts["lineage_failed"] += 1
 
@@ -284,6 +264,7 @@ class Daemon:
                          "with their inputs at the broker", directory, exc)
             self._outbox = None
             return
+        self._results.outbox = self._outbox
         if found.pending:
             logger.info("outbox: %d results from before the restart to send", found.pending)
 
@@ -293,14 +274,15 @@ class Daemon:
             return
         timeout = self.config.outbox.publish_timeout_s
         while True:
-            await self._mqtt_up.wait()
+            await self._results.wait_up()
             await self._mqtt.wait_ready()
             batch = await self._outbox.take(64) if len(self._outbox) else []
             if not batch:
                 await asyncio.sleep(0.2)
                 continue
             results = await asyncio.gather(
-                *(asyncio.wait_for(self._publish(e.topic, e.payload, e.qos, e.retain), timeout)
+                *(asyncio.wait_for(self._results.publish(e.topic, e.payload, e.qos, e.retain),
+                                   timeout)
                   for e in batch), return_exceptions=True)
             for entry, result in zip(batch, results):
                 if isinstance(result, BaseException):
@@ -321,7 +303,7 @@ class Daemon:
                                 subscriptions=[(f"{config.topic_prefix}/in/#", config.mqtt.qos)],
                                 on_drained=self._on_drained)
         await self._mqtt.__aenter__()
-        self._mqtt_up.set()
+        self._results.attach(self._mqtt)
 
     def _on_stop_signal(self, sig: int) -> None:
         self._signals += 1
@@ -341,6 +323,7 @@ class Daemon:
         # now stays unacknowledged at the broker for the next start). The socket
         # is still read, for the broker's acknowledgements of our results.
         self._intake_closed = True
+        self._results.spooling = False
         if self._mqtt.paused:
             self._mqtt.resume()
         await self._stop_ports(list(self._port_tasks))
@@ -358,22 +341,13 @@ class Daemon:
             logger.warning("grace period over with chunks in flight; their inputs stay "
                            "unacknowledged at the broker")
             runner.cancel()
-        while (self._publishes or self._unsettled) and time.monotonic() < deadline:
-            if self._publishes:
-                await asyncio.wait(self._publishes,
-                                   timeout=min(0.05, max(0.01, deadline - time.monotonic())))
-            else:
-                await asyncio.sleep(0.01)
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
+        await self._results.settle(deadline)
         ticker.cancel()
         self._state = "offline"
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._mqtt.publish(
                 f"{self.config.topic_prefix}/status", self._status_payload(), 1, True), 2.0)
-        for task in self._publishes:
-            task.cancel()
+        self._results.cancel()
         logger.info("stopped: %d records out, %d dead letters", self._counts["records"],
                     self._counts["dead_letters"])
 
@@ -719,6 +693,7 @@ class Daemon:
                          ) -> None:
         """Publishes a chunk's records, in order."""
         topics = self._out_topics
+        send = self._results.send
         out: dict[tuple[str, str], int] = {}
         for record, tokens in outputs:
             kind = record["kind"]
@@ -741,7 +716,7 @@ class Daemon:
                 from gatewayd.audit import lineage_event
 
                 self._audit.append(lineage_event(record))
-            self._send(topic, records.dumps(record).encode(), tokens, record["id"])
+            send(topic, records.dumps(record).encode(), tokens, record["id"])
         self._counts["records"] += len(outputs)
         self._progress += len(outputs)
         for (source, kind), count in out.items():
@@ -751,113 +726,7 @@ class Daemon:
         from gatewayd.pcd import encode_pcd
 
         topic = f"{self.config.topic_prefix}/out/lidar/{record['source']}/pcd"
-        self._send(topic, encode_pcd(frame), (), f"{record['id']}/pcd")
-
-    async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        await self._mqtt_up.wait()  # while the client is replaced on reload
-        await self._mqtt.publish(topic, payload, qos, retain)
-
-    def _send(self, topic: str, payload: bytes, tokens: tuple[object, ...],
-              record_id: str) -> None:
-        """Publishes a result; one the broker does not take in time goes to the
-        outbox. Its inputs are acknowledged once it is published or spooled."""
-        outbox = self._outbox
-        if outbox is not None and (len(outbox) or not self._mqtt.connected):
-            from gatewayd.outbox import Entry
-
-            # Behind what is spooled already: order holds.
-            self._spool(Entry(topic, payload, record_id), tokens)
-            return
-        loop = asyncio.get_running_loop()
-        result = _Result(topic, payload, record_id, tokens,
-                         loop.time() + self.config.outbox.publish_timeout_s)
-        self._results.append(result)
-        self._unsettled += 1
-        if self._deadline_timer is None:
-            self._deadline_timer = loop.call_at(result.deadline, self._past_deadline)
-        if self._mqtt_up.is_set():
-            try:
-                self._mqtt.send(topic, payload, self._published, result)
-                return
-            except GatewayError:
-                pass
-        # The client is being replaced (reload): published once the new one is there.
-        task = asyncio.ensure_future(self._publish(topic, payload, 1, False))
-        self._publishes.add(task)
-
-        def done(t: asyncio.Future[None]) -> None:
-            self._publishes.discard(t)
-            if not t.cancelled():  # cancelled: stopping, the inputs stay unacknowledged
-                self._published(result, t.exception())
-
-        task.add_done_callback(done)
-
-    def _published(self, result: _Result, error: BaseException | None) -> None:
-        """The end of a result's publish (called once by the MQTT client)."""
-        if result.settled:
-            return  # past its deadline, already spooled; the broker may still get it
-        result.settled = True
-        self._unsettled -= 1
-        results = self._results
-        while results and results[0].settled:
-            results.popleft()
-        if error is None:
-            self._release(result.tokens)
-        elif self._outbox is not None and not self._intake_closed:
-            self._spool_result(result)
-        else:
-            self._counts["publish_failed"] += 1
-            logger.warning("result not published: %s", error)
-            self._abandon(result.tokens)  # unacknowledged: the broker sends them again
-
-    def _past_deadline(self) -> None:
-        """Results the broker has not acknowledged in time go to the outbox
-        (the publish goes on: the broker may get a result twice)."""
-        self._deadline_timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        results = self._results
-        while results and (results[0].settled or results[0].deadline <= now):
-            result = results.popleft()
-            if result.settled:
-                continue
-            result.settled = True
-            self._unsettled -= 1
-            if self._outbox is not None and not self._intake_closed:
-                self._spool_result(result)
-            else:
-                self._abandon(result.tokens)
-        # A reload that shortened the timeout lets later results wait as long
-        # as the older ones ahead of them.
-        if results:
-            self._deadline_timer = loop.call_at(results[0].deadline, self._past_deadline)
-
-    def _spool_result(self, result: _Result) -> None:
-        from gatewayd.outbox import Entry
-
-        self._spool(Entry(result.topic, result.payload, result.record_id), result.tokens)
-
-    def _spool(self, entry: Any, tokens: tuple[object, ...]) -> None:
-        future = self._outbox.put(entry)
-        self._publishes.add(future)
-
-        def done(f: asyncio.Future[None]) -> None:
-            self._publishes.discard(f)
-            if f.cancelled():
-                return
-            if f.exception() is not None:
-                self._counts["spool_failed"] += 1
-                failed = self._counts["spool_failed"]
-                if failed in (1, 10) or failed % 100 == 0:  # a full disk fails every one
-                    logger.error("result neither published nor spooled (%d so far): %s",
-                                 failed, f.exception(),
-                                 extra={"gatewayd_reason": "spool_failed"})
-                self._abandon(tokens)  # unacknowledged: the broker sends them again
-                return
-            self._counts["spooled"] += 1
-            self._release(tokens)
-
-        future.add_done_callback(done)
+        self._results.send(topic, encode_pcd(frame), (), f"{record['id']}/pcd")
 
     # ---- the tick: watchdog, status, thermal, idle GPS cycles ----
 
@@ -1038,6 +907,7 @@ class Daemon:
         self._pipeline.chunk_size = new.pipeline.chunk_size
         self._pipeline.queue.capacity = new.pipeline.queue_size
         self._pool.set_timeout(new.pipeline.chunk_timeout_s)
+        self._results.timeout_s = new.outbox.publish_timeout_s
         self._make_thermal(new)
         gone = [p.name for p in old.ports if p not in new.ports]
         await self._stop_ports(gone)
@@ -1049,7 +919,7 @@ class Daemon:
                 new.client_id != old.client_id:
             # Inputs not yet acknowledged on the old link come again on the
             # new one (same session); their records keep their ids.
-            self._mqtt_up.clear()
+            self._results.detach()
             await self._mqtt.close()
             await self._connect(new)
             logger.info("MQTT reconnected to %s:%d under %s/", new.mqtt.host, new.mqtt.port,
@@ -1115,7 +985,7 @@ class Daemon:
 
     def _publish_status(self) -> None:
         payload = self._status_payload()
-        task = asyncio.create_task(self._publish(f"{self.config.topic_prefix}/status",
+        task = asyncio.create_task(self._results.publish(f"{self.config.topic_prefix}/status",
                                                  payload, 1, True))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         path = Path(self.config.daemon.runtime_dir) / "status.json"

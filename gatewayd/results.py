@@ -1,0 +1,221 @@
+"""Results out: each record published at QoS 1, or kept in the outbox.
+
+A result is safe once the broker has acknowledged it (PUBACK) or the outbox
+holds it; then the inputs it was made from are released, and may be
+acknowledged. A result the broker does not acknowledge within
+``timeout_s`` goes to the outbox, its publish going on (the broker may then
+get it twice, with the same id). One that can be neither published nor
+spooled is abandoned: its inputs stay unacknowledged, and the broker sends
+them again. While the link is down, or while results are spooled already,
+new ones go to the outbox behind them, so that order holds.
+
+Inputs are named by tokens, which the owner (the daemon) gives with each
+result and gets back through ``release`` and ``abandon``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gatewayd.errors import GatewayError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ResultSender"]
+
+Tokens = tuple[object, ...]
+
+
+class _Result:
+    """A result published and not yet acknowledged by the broker, in the
+    order of publishing, with the time by which it must be (loop time)."""
+
+    __slots__ = ("deadline", "payload", "record_id", "settled", "tokens", "topic")
+
+    def __init__(self, topic: str, payload: bytes, record_id: str, tokens: Tokens,
+                 deadline: float) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.record_id = record_id
+        self.tokens = tokens
+        self.deadline = deadline
+        self.settled = False  # acknowledged, failed or past its deadline: dealt with
+
+
+class ResultSender:
+    def __init__(self, *, timeout_s: float, release: Callable[[Tokens], None],
+                 abandon: Callable[[Tokens], None],
+                 counts: collections.Counter[str]) -> None:
+        self.timeout_s = timeout_s  # for a PUBACK, before the result is spooled
+        self.outbox: Any = None  # where results wait for the broker; None: nowhere
+        # False once intake has stopped: what the broker does not take then
+        # stays with its inputs at the broker.
+        self.spooling = True
+        self._release = release
+        self._abandon = abandon
+        self._counts = counts
+        self._client: Any = None
+        self._up = asyncio.Event()  # clear while the client is being replaced
+        # Spooling, publishes waiting for a client, and the owner's own
+        # (lineage): waited for at shutdown.
+        self.tasks: set[asyncio.Future[Any]] = set()
+        # Results published, oldest first, while their acknowledgement is due;
+        # one timer watches the oldest one's deadline.
+        self._results: collections.deque[_Result] = collections.deque()
+        self._unsettled = 0  # results published and not yet dealt with
+        self._deadline_timer: asyncio.TimerHandle | None = None
+
+    # ---- the link ----
+
+    def attach(self, client: Any) -> None:
+        """Publishes through ``client`` (an MqttClient) from now on."""
+        self._client = client
+        self._up.set()
+
+    def detach(self) -> None:
+        """The client is being replaced: publishes wait for the next one."""
+        self._up.clear()
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publishes through the client of the moment, waiting for one while
+        it is being replaced."""
+        await self._up.wait()
+        await self._client.publish(topic, payload, qos, retain)
+
+    async def wait_up(self) -> None:
+        await self._up.wait()
+
+    def track(self, future: asyncio.Future[Any]) -> None:
+        """Keeps ``future`` among those shutdown waits for, until it is done."""
+        self.tasks.add(future)
+        future.add_done_callback(self.tasks.discard)
+
+    # ---- results ----
+
+    @property
+    def busy(self) -> bool:
+        """Whether results (or tracked publishes) are still on their way."""
+        return bool(self.tasks) or self._unsettled > 0
+
+    def send(self, topic: str, payload: bytes, tokens: Tokens, record_id: str) -> None:
+        """Publishes a result; one the broker does not take in time goes to the
+        outbox. Its inputs are released once it is published or spooled."""
+        outbox = self.outbox
+        if outbox is not None and (len(outbox) or not self._client.connected):
+            from gatewayd.outbox import Entry
+
+            # Behind what is spooled already: order holds.
+            self.spool(Entry(topic, payload, record_id), tokens)
+            return
+        loop = asyncio.get_running_loop()
+        result = _Result(topic, payload, record_id, tokens, loop.time() + self.timeout_s)
+        self._results.append(result)
+        self._unsettled += 1
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(result.deadline, self._past_deadline)
+        if self._up.is_set():
+            try:
+                self._client.send(topic, payload, self._published, result)
+                return
+            except GatewayError:
+                pass
+        # The client is being replaced (reload): published once the new one is there.
+        task = asyncio.ensure_future(self.publish(topic, payload, 1, False))
+        self.track(task)
+
+        def done(t: asyncio.Future[None]) -> None:
+            if not t.cancelled():  # cancelled: stopping, the inputs stay unacknowledged
+                self._published(result, t.exception())
+
+        task.add_done_callback(done)
+
+    def _published(self, result: _Result, error: BaseException | None) -> None:
+        """The end of a result's publish (called once by the MQTT client)."""
+        if result.settled:
+            return  # past its deadline, already spooled; the broker may still get it
+        result.settled = True
+        self._unsettled -= 1
+        results = self._results
+        while results and results[0].settled:
+            results.popleft()
+        if error is None:
+            self._release(result.tokens)
+        elif self.outbox is not None and self.spooling:
+            self._spool_result(result)
+        else:
+            self._counts["publish_failed"] += 1
+            logger.warning("result not published: %s", error)
+            self._abandon(result.tokens)  # unacknowledged: the broker sends them again
+
+    def _past_deadline(self) -> None:
+        """Results the broker has not acknowledged in time go to the outbox
+        (the publish goes on: the broker may get a result twice)."""
+        self._deadline_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        results = self._results
+        while results and (results[0].settled or results[0].deadline <= now):
+            result = results.popleft()
+            if result.settled:
+                continue
+            result.settled = True
+            self._unsettled -= 1
+            if self.outbox is not None and self.spooling:
+                self._spool_result(result)
+            else:
+                self._abandon(result.tokens)
+        # A timeout shortened by a reload lets later results wait as long as
+        # the older ones ahead of them.
+        if results:
+            self._deadline_timer = loop.call_at(results[0].deadline, self._past_deadline)
+
+    def _spool_result(self, result: _Result) -> None:
+        from gatewayd.outbox import Entry
+
+        self.spool(Entry(result.topic, result.payload, result.record_id), result.tokens)
+
+    def spool(self, entry: Any, tokens: Tokens) -> None:
+        """Puts a result in the outbox; its inputs are released once it is on disk."""
+        future = self.outbox.put(entry)
+        self.track(future)
+
+        def done(f: asyncio.Future[None]) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                self._counts["spool_failed"] += 1
+                failed = self._counts["spool_failed"]
+                if failed in (1, 10) or failed % 100 == 0:  # a full disk fails every one
+                    logger.error("result neither published nor spooled (%d so far): %s",
+                                 failed, f.exception(),
+                                 extra={"gatewayd_reason": "spool_failed"})
+                self._abandon(tokens)  # unacknowledged: the broker sends them again
+                return
+            self._counts["spooled"] += 1
+            self._release(tokens)
+
+        future.add_done_callback(done)
+
+    async def settle(self, until: float) -> None:
+        """Waits, until the monotonic time ``until``, for what is on its way;
+        then stops watching deadlines (stopping: results still unacknowledged
+        leave their inputs unacknowledged)."""
+        while self.busy and time.monotonic() < until:
+            if self.tasks:
+                await asyncio.wait(self.tasks,
+                                   timeout=min(0.05, max(0.01, until - time.monotonic())))
+            else:
+                await asyncio.sleep(0.01)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
+    def cancel(self) -> None:
+        """Cancels what is still on its way (the last step of a shutdown)."""
+        for task in list(self.tasks):
+            task.cancel()
