@@ -68,6 +68,7 @@ class ResultSender:
         # one timer watches the oldest one's deadline.
         self._results: collections.deque[_Result] = collections.deque()
         self._unsettled = 0  # results published and not yet dealt with
+        self._spools = 0  # results put in the outbox and not yet on disk
         self._deadline_timer: asyncio.TimerHandle | None = None
 
     # ---- the link ----
@@ -106,10 +107,10 @@ class ResultSender:
         """Publishes a result; one the broker does not take in time goes to the
         outbox. Its inputs are released once it is published or spooled."""
         outbox = self.outbox
-        if outbox is not None and (len(outbox) or not self._client.connected):
+        if outbox is not None and (self._spools or len(outbox) or not self._client.connected):
             from gatewayd.outbox import Entry
 
-            # Behind what is spooled already: order holds.
+            # Behind what is spooled already, or on its way to the disk: order holds.
             self.spool(Entry(topic, payload, record_id), tokens)
             return
         loop = asyncio.get_running_loop()
@@ -183,8 +184,10 @@ class ResultSender:
         """Puts a result in the outbox; its inputs are released once it is on disk."""
         future = self.outbox.put(entry)
         self.track(future)
+        self._spools += 1
 
         def done(f: asyncio.Future[None]) -> None:
+            self._spools -= 1
             if f.cancelled():
                 return
             if f.exception() is not None:

@@ -1,0 +1,193 @@
+"""Results out: published, or spooled to a real outbox, and the inputs of each
+released or abandoned exactly once. The MQTT client is an in-process fake
+that holds its PUBACKs until the test gives them."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from pathlib import Path
+from typing import Any
+
+from gatewayd.mqtt import MqttError
+from gatewayd.outbox import Outbox, OutboxSettings
+from gatewayd.results import ResultSender
+
+
+class FakeClient:
+    """MqttClient's publishing side: ``send`` takes a publish, ``ack`` or
+    ``fail`` ends the oldest one as the broker would."""
+
+    def __init__(self, connected: bool = True) -> None:
+        self.connected = connected
+        self.sent: collections.deque[tuple[str, bytes, Any, Any]] = collections.deque()
+        self.published: list[tuple[str, bytes]] = []
+
+    def send(self, topic: str, payload: bytes, done: Any, token: Any) -> None:
+        self.sent.append((topic, payload, done, token))
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.published.append((topic, payload))
+
+    def ack(self) -> None:
+        _, _, done, token = self.sent.popleft()
+        done(token, None)
+
+    def fail(self) -> None:
+        _, _, done, token = self.sent.popleft()
+        done(token, MqttError("the broker refused the publish"))
+
+
+class Books:
+    def __init__(self) -> None:
+        self.released: list[object] = []
+        self.abandoned: list[object] = []
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def sender(self, timeout_s: float = 5.0) -> ResultSender:
+        return ResultSender(timeout_s=timeout_s, release=self.released.extend,
+                            abandon=self.abandoned.extend, counts=self.counts)
+
+
+async def _outbox(tmp_path: Path) -> Outbox:
+    outbox = Outbox(OutboxSettings(tmp_path / "outbox", segment_bytes=4096, max_bytes=1 << 20,
+                                   fsync_interval_s=0.01))
+    await outbox.open()
+    return outbox
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_inputs_are_released_by_their_results_pubacks_in_any_order():
+    async def main():
+        books = Books()
+        sender = books.sender()
+        client = FakeClient()
+        sender.attach(client)
+        for n in range(3):
+            sender.send(f"t/{n}", b"r%d" % n, (f"in{n}",), f"id{n}")
+        assert [t for t, *_ in client.sent] == ["t/0", "t/1", "t/2"] and sender.busy
+        client.sent.rotate(-1)  # the broker acknowledges t/1 first
+        client.ack()
+        assert books.released == ["in1"]
+        client.ack()
+        client.ack()
+        assert books.released == ["in1", "in2", "in0"] and not books.abandoned
+        assert not sender.busy
+
+    asyncio.run(main())
+
+
+def test_a_result_past_its_deadline_is_spooled_once_and_its_late_puback_changes_nothing(
+        tmp_path):
+    async def main():
+        books = Books()
+        sender = books.sender(timeout_s=0.1)
+        outbox = sender.outbox = await _outbox(tmp_path)
+        client = FakeClient()
+        sender.attach(client)
+        sender.send("t/late", b"late", ("in0",), "id0")
+        await _until(lambda: books.released)
+        assert books.released == ["in0"] and books.counts["spooled"] == 1
+        assert [(e.topic, e.payload, e.record_id) for e in await outbox.take(10)] == \
+            [("t/late", b"late", "id0")]
+        client.ack()  # the broker had it after all: the input is not released twice
+        assert books.released == ["in0"] and not sender.busy
+        await outbox.close()
+
+    asyncio.run(main())
+
+
+def test_while_results_are_spooled_new_ones_go_behind_them(tmp_path):
+    async def main():
+        books = Books()
+        sender = books.sender(timeout_s=60.0)
+        outbox = sender.outbox = await _outbox(tmp_path)
+        client = FakeClient(connected=False)
+        sender.attach(client)
+        sender.send("t/0", b"0", ("in0",), "id0")  # the link is down: spooled
+        client.connected = True
+        # The first is not on disk yet: the second goes behind it all the same.
+        sender.send("t/1", b"1", ("in1",), "id1")
+        await _until(lambda: len(books.released) == 2)
+        assert not client.sent and books.released == ["in0", "in1"]
+        assert [e.topic for e in await outbox.take(10)] == ["t/0", "t/1"]
+        await outbox.close()
+
+    asyncio.run(main())
+
+
+def test_a_refused_publish_is_spooled_or_without_an_outbox_abandoned(tmp_path):
+    async def main():
+        books = Books()
+        sender = books.sender()
+        client = FakeClient()
+        sender.attach(client)
+        sender.send("t/0", b"0", ("in0",), "id0")
+        client.fail()
+        assert books.abandoned == ["in0"] and books.counts["publish_failed"] == 1
+        outbox = sender.outbox = await _outbox(tmp_path)
+        sender.send("t/1", b"1", ("in1",), "id1")
+        client.fail()
+        await _until(lambda: books.released)
+        assert books.released == ["in1"] and books.abandoned == ["in0"]
+        assert len(outbox) == 1
+        await outbox.close()
+
+    asyncio.run(main())
+
+
+def test_once_intake_has_stopped_a_late_result_is_abandoned_not_spooled(tmp_path):
+    async def main():
+        books = Books()
+        sender = books.sender(timeout_s=0.05)
+        outbox = sender.outbox = await _outbox(tmp_path)
+        sender.attach(FakeClient())
+        sender.spooling = False
+        sender.send("t/0", b"0", ("in0",), "id0")
+        await _until(lambda: books.abandoned)
+        assert books.abandoned == ["in0"] and not books.released and len(outbox) == 0
+        await outbox.close()
+
+    asyncio.run(main())
+
+
+def test_a_result_sent_while_the_client_is_replaced_goes_out_through_the_next():
+    async def main():
+        books = Books()
+        sender = books.sender()
+        old, new = FakeClient(), FakeClient()
+        sender.attach(old)
+        sender.detach()
+        sender.send("t/0", b"0", ("in0",), "id0")
+        await asyncio.sleep(0.05)
+        assert not old.sent and not old.published and sender.busy
+        sender.attach(new)
+        await _until(lambda: books.released)
+        assert new.published == [("t/0", b"0")] and books.released == ["in0"]
+        await sender.settle(time.monotonic() + 1)
+        assert not sender.busy
+
+    asyncio.run(main())
+
+
+def test_settle_waits_only_until_its_deadline_and_leaves_the_rest_unreleased():
+    async def main():
+        books = Books()
+        sender = books.sender(timeout_s=0.05)
+        sender.attach(FakeClient())
+        sender.send("t/0", b"0", ("in0",), "id0")
+        start = time.monotonic()
+        await sender.settle(start + 0.02)
+        assert time.monotonic() - start < 1.0 and sender.busy
+        await asyncio.sleep(0.1)  # its deadline timer was stopped with the settle
+        assert not books.released and not books.abandoned
+
+    asyncio.run(main())
