@@ -12,8 +12,8 @@ tick (watchdog, status, thermal control) until a signal:
   invalid. Nothing queued is lost.
 
 Backpressure. An MQTT input (QoS 1) is acknowledged only once every record
-made from it is acknowledged by the broker or spooled: its ticket counts the
-records still out. The messages of one drain of the MQTT socket are decoded
+made from it is acknowledged by the broker or spooled (``gatewayd.results``
+sends them): its ticket counts the records still out. The messages of one drain of the MQTT socket are decoded
 together. While half a queue's worth of inputs is in progress, or the intake
 holds more than the queue's worth of items, the MQTT client is paused and
 the broker keeps the rest (see MqttClient.pause). Serial input cannot
