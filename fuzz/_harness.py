@@ -18,14 +18,7 @@ from typing import Any
 
 from gatewayd.errors import GatewayError
 
-KNOWN: list[tuple[str, type[BaseException], str]] = [
-    ("las: GeoTIFF keys not a whole number of entries", ValueError, "cannot reshape array"),
-    ("las: a scale that overflows the coordinates", RuntimeWarning, "overflow encountered"),
-    ("las: a scale that makes inf times 0", RuntimeWarning, "invalid value encountered"),
-    ("pcd: an ascii value out of an integer field's range", RuntimeWarning,
-     "invalid value encountered in cast"),
-    ("json: an integer too large for a float", OverflowError, "int too large to convert"),
-]
+KNOWN: list[tuple[str, type[BaseException], str]] = []
 
 _seen: Counter[str] = Counter()
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import shutil
@@ -98,12 +99,18 @@ def pcd() -> dict[str, bytes]:
                                            "1 1 1 1", 3, "binary") + \
         struct.pack("<bfff", -3, 1, 2, 3) + struct.pack("<bfff", 0, np.nan, 0, 0) + \
         struct.pack("<bfff", 7, 4, 5, 6)
+    # A coordinate that is a signalling NaN (the quiet bit clear): widening
+    # it raised a floating-point warning once.
+    out["signalling-nan.pcd"] = _pcd_header("x y z", "4 4 4", "F F F", "1 1 1", 2,
+                                            "binary") + \
+        struct.pack("<fff", 1, 2, 3) + struct.pack("<I", 0x7FA00000) + struct.pack("<ff", 5, 6)
     return out
 
 
 def _las(version: str, point_format: int, n: int, crs: str | None = None,
          extra: bool = False) -> bytes:
     header = laspy.LasHeader(point_format=point_format, version=version)
+    header.creation_date = dt.date(2026, 11, 23)  # laspy's default is today's
     header.scales = np.array([0.01, 0.01, 0.001])
     header.offsets = np.array([500_000.0, 5_400_000.0, 0.0])
     if crs:

@@ -41,7 +41,10 @@ def from_columns(columns: dict[str, np.ndarray], meta: dict[str, Any], crs: str 
     """A frame from decoded columns (x, y, z among them, or given as ``xyz``);
     points with a non-finite coordinate are dropped and counted."""
     if xyz is None:
-        xyz = np.column_stack([columns.pop(k).astype(np.float64) for k in ("x", "y", "z")])
+        # A signalling NaN in a float32 column (any bit pattern may come in)
+        # raises FE_INVALID as it is widened: a NaN all the same, dropped below.
+        with np.errstate(invalid="ignore"):
+            xyz = np.column_stack([columns.pop(k).astype(np.float64) for k in ("x", "y", "z")])
     finite = np.isfinite(xyz[:, 0]) & np.isfinite(xyz[:, 1]) & np.isfinite(xyz[:, 2])
     dropped = int(len(xyz) - finite.sum())
     fields = {k: np.ascontiguousarray(v) for k, v in columns.items()}
