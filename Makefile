@@ -40,7 +40,7 @@ fuzz-native: sysdeps
 
 lint: setup
 	$(PIP) install --no-build-isolation -e '.[dev]' >/dev/null
-	$(VENV)/bin/ruff check gatewayd tests native
+	$(VENV)/bin/ruff check gatewayd tests native fuzz cross-build
 	$(VENV)/bin/mypy gatewayd
 
 setup: $(VENV)/.built

@@ -13,12 +13,13 @@ tick (watchdog, status, thermal control) until a signal:
 
 Backpressure. An MQTT input (QoS 1) is acknowledged only once every record
 made from it is acknowledged by the broker or spooled (``gatewayd.results``
-sends them): its ticket counts the records still out. The messages of one drain of the MQTT socket are decoded
-together. While half a queue's worth of inputs is in progress, or the intake
-holds more than the queue's worth of items, the MQTT client is paused and
-the broker keeps the rest (see MqttClient.pause). Serial input cannot
-wait: each port has a bounded backlog, and past it the configured policy
-spills to disk (bounded) or drops the oldest fix, counted and logged.
+sends them): its ticket counts the records still out. The messages of one
+drain of the MQTT socket are decoded together. While half a queue's worth of
+inputs is in progress, or the intake holds more than the queue's worth of
+items, the MQTT client is paused and the broker keeps the rest (see
+MqttClient.pause). Serial input cannot wait: each port has a bounded
+backlog, and past it the configured policy spills to disk (bounded) or drops
+the oldest fix, counted and logged.
 """
 
 from __future__ import annotations
