@@ -63,7 +63,7 @@ class ResultSender:
         self._up = asyncio.Event()  # clear while the client is being replaced
         # Spooling, publishes waiting for a client, and the owner's own
         # (lineage): waited for at shutdown.
-        self.tasks: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         # Results published, oldest first, while their acknowledgement is due;
         # one timer watches the oldest one's deadline.
         self._results: collections.deque[_Result] = collections.deque()
@@ -93,15 +93,15 @@ class ResultSender:
 
     def track(self, future: asyncio.Future[Any]) -> None:
         """Keeps ``future`` among those shutdown waits for, until it is done."""
-        self.tasks.add(future)
-        future.add_done_callback(self.tasks.discard)
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
 
     # ---- results ----
 
     @property
     def busy(self) -> bool:
         """Whether results (or tracked publishes) are still on their way."""
-        return bool(self.tasks) or self._unsettled > 0
+        return bool(self._tasks) or self._unsettled > 0
 
     def send(self, topic: str, payload: bytes, tokens: Tokens, record_id: str) -> None:
         """Publishes a result; one the broker does not take in time goes to the
@@ -209,8 +209,8 @@ class ResultSender:
         then stops watching deadlines (stopping: results still unacknowledged
         leave their inputs unacknowledged)."""
         while self.busy and time.monotonic() < until:
-            if self.tasks:
-                await asyncio.wait(self.tasks,
+            if self._tasks:
+                await asyncio.wait(self._tasks,
                                    timeout=min(0.05, max(0.01, until - time.monotonic())))
             else:
                 await asyncio.sleep(0.01)
@@ -220,5 +220,5 @@ class ResultSender:
 
     def cancel(self) -> None:
         """Cancels what is still on its way (the last step of a shutdown)."""
-        for task in list(self.tasks):
+        for task in list(self._tasks):
             task.cancel()
