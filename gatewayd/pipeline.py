@@ -493,6 +493,7 @@ class Pipeline:
                 if isinstance(r, BaseException):
                     raise r
             blocks = [r for r in results if isinstance(r, BlockResult)]
+            kept_parts = [b.kept for b in blocks]
             footprint, zones, bbox = blocks[0].footprint, blocks[0].zones, blocks[0].bbox
             keep = None
             if len(blocks) > 1:
@@ -500,18 +501,18 @@ class Pipeline:
                 # are those of what is left.
                 voxels = [b.voxels for b in blocks if b.voxels is not None]
                 merged = await self._runner.run(self._chunk_id(), MergeTask(
-                    shared, tuple((s, len(b.kept)) for (s, _), b in zip(ranges, blocks)),
+                    shared, tuple((s, len(k)) for (s, _), k in zip(ranges, kept_parts)),
                     np.concatenate(voxels) if voxels else None, self.settings.crs_to))
                 assert isinstance(merged, MergeResult)
                 footprint, zones, bbox, keep = (merged.footprint, merged.zones,
                                                  merged.bbox, merged.keep)
             points = self._runner_array(shared)
             xyz = np.concatenate(
-                [points[s:s + len(b.kept)] for (s, _), b in zip(ranges, blocks)]
+                [points[s:s + len(k)] for (s, _), k in zip(ranges, kept_parts)]
             ) if blocks else np.empty((0, 3))
         finally:
             self._runner.release(shared)
-        kept = np.concatenate([b.kept for b in blocks]) if blocks else np.empty(0, np.int64)
+        kept = np.concatenate(kept_parts) if blocks else np.empty(0, np.int64)
         if keep is not None:
             kept, xyz = kept[keep], xyz[keep]
         failed = sum(b.failed for b in blocks)
