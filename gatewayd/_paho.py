@@ -212,6 +212,35 @@ class LeanClient(paho.Client):
         self._lean_unsent.append(mid)
         return _OK
 
+    def publish_lean_many(self, entries: list[tuple[bytes, bytes, Any]], done: LeanDone
+                          ) -> int:
+        """``publish_lean`` of many, in order and without retain: ``entries``
+        are (topic, payload, token). Queues them until one would be refused
+        (the queue is full, a topic or size no PUBLISH may carry) and
+        returns how many it queued; the caller's ``publish_lean`` of the
+        next one then says why."""
+        limit = self._max_queued_messages
+        lean, out, unsent = self._lean, self._out_messages, self._lean_unsent
+        v5 = self._protocol == _V5
+        extra = 5 if v5 else 4  # topic length, packet id, no properties
+        properties = b"\x00" if v5 else b""
+        queued = 0
+        for topic, payload, token in entries:
+            size = len(topic) + len(payload) + extra
+            if (limit > 0 and len(lean) + len(out) >= limit) or not topic or \
+                    b"+" in topic or b"#" in topic or len(topic) > 65535 or size > _MAX_PACKET:
+                break
+            mid = self._mid_generate()
+            head = bytes((0x32, size)) if size < 128 else \
+                bytes((0x32, (size & 0x7F) | 0x80, size >> 7)) if size < 16384 else \
+                b"\x32" + _remaining_length(size)
+            lean[mid] = _Lean(b"".join((head, len(topic).to_bytes(2, "big"), topic,
+                                        mid.to_bytes(2, "big"), properties, payload)),
+                              done, token)
+            unsent.append(mid)
+            queued += 1
+        return queued
+
     def lean_send(self) -> None:
         """Queues for writing the lean publishes the window has room for, in order."""
         unsent = self._lean_unsent

@@ -694,7 +694,7 @@ class Daemon:
                          ) -> None:
         """Publishes a chunk's records, in order."""
         topics = self._out_topics
-        send = self._results.send
+        sends: list[tuple[str, bytes, tuple[object, ...], str]] = []
         out: dict[tuple[str, str], int] = {}
         for record, tokens in outputs:
             kind = record["kind"]
@@ -717,7 +717,8 @@ class Daemon:
                 from gatewayd.audit import lineage_event
 
                 self._audit.append(lineage_event(record))
-            send(topic, records.dumps(record).encode(), tokens, record["id"])
+            sends.append((topic, records.dumps(record).encode(), tokens, record["id"]))
+        self._results.send_many(sends)
         self._counts["records"] += len(outputs)
         self._progress += len(outputs)
         for (source, kind), count in out.items():

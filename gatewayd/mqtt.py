@@ -1050,6 +1050,39 @@ class MqttClient:
         else:
             self._submit(topic, payload, qos, retain, done, token)
 
+    def send_many(self, entries: list[tuple[str, bytes, Any]], done: PublishDone) -> int:
+        """``send`` of QoS 1 publishes without retain, in order: ``entries``
+        are (topic, payload, token), each ended through ``done`` as ``send``
+        ends it. Returns how many it took, in order; the rest are still the
+        caller's. It takes fewer than all when the last one taken ended
+        before this returned (refused: the queue is full, or a topic no
+        PUBLISH may carry), so that a caller who keeps that one elsewhere
+        can keep the rest behind it; and one at a time while a connect is
+        under way, or through paho's own path. Raises MqttError when the
+        client is not running."""
+        if not self._entered or self._loop is None:
+            raise MqttError("the MQTT client is not running")
+        if not entries:
+            return 0
+        client = self._paho
+        if self._connect_busy or not isinstance(client, LeanClient):
+            topic, payload, token = entries[0]
+            self.send(topic, payload, done, token)
+            return 1
+        try:
+            lean = [(topic.encode(), payload, (done, token)) for topic, payload, token in entries]
+        except UnicodeEncodeError:
+            lean = []
+        taken = client.publish_lean_many(lean, self._on_lean_done)
+        if taken:
+            client.lean_send()
+            self._after_submit(client, taken)
+        if taken < len(entries):  # refused, or not encoded: _submit says why
+            topic, payload, token = entries[taken]
+            self._submit(topic, payload, 1, False, done, token)
+            taken += 1
+        return taken
+
     def _submit(self, topic: str, payload: bytes, qos: int, retain: bool, done: PublishDone,
                 token: Any) -> None:
         client = self._paho
@@ -1082,15 +1115,20 @@ class MqttClient:
         elif rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):
             _end(done, token, MqttError(f"publish failed: {paho.error_string(rc)}"))
         else:
-            if not self._reading and self._sock is not None and self._loop is not None:
-                # Paused with nothing pending stopped reading: its PUBACK must be read.
-                self._loop.add_reader(self._fd, self._on_readable)
-                self._reading = True
-            if qos and isinstance(client, LeanClient) and client.window_full():
-                self._queued_since_poll += 1
-                if self._queued_since_poll >= self._poll_every:
-                    self._queued_since_poll = 0
-                    self._poll()
+            self._after_submit(client, 1 if qos else 0)
+
+    def _after_submit(self, client: paho.Client, queued: int) -> None:
+        """After publishes were queued (``queued`` of them QoS 1/2): their
+        PUBACKs must be read, and a full window turned."""
+        if not self._reading and self._sock is not None and self._loop is not None:
+            # Paused with nothing pending stopped reading: its PUBACK must be read.
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+        if queued and isinstance(client, LeanClient) and client.window_full():
+            self._queued_since_poll += queued
+            if self._queued_since_poll >= self._poll_every:
+                self._queued_since_poll = 0
+                self._poll()
 
     def _flush_held(self) -> None:
         while self._held:

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -61,11 +61,13 @@ __all__ = [
 Record = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class _Origin:
+class _Origin(NamedTuple):
+    """Where an item came from. A tuple: one is made for every fix, and a
+    tuple is made in half the time of a frozen dataclass."""
+
     source: str
     input_sha256: str
-    index: int
+    index: int  # type: ignore[assignment]  # the item's, not tuple.index
     received_at: str
     # Opaque to the pipeline: handed back with the item's records, so that an
     # MQTT input is acknowledged only once every record made from it is out.

@@ -135,6 +135,39 @@ class ResultSender:
 
         task.add_done_callback(done)
 
+    def send_many(self, results: list[tuple[str, bytes, Tokens, str]]) -> None:
+        """``send`` of many, in order: each is (topic, payload, tokens, record_id)."""
+        client = self._client
+        outbox = self.outbox
+        if not results:
+            return
+        if not self._up.is_set() or (outbox is not None and (
+                self._spools or len(outbox) or not client.connected)):
+            for topic, payload, tokens, record_id in results:
+                self.send(topic, payload, tokens, record_id)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        made = [_Result(topic, payload, record_id, tokens, deadline)
+                for topic, payload, tokens, record_id in results]
+        self._results.extend(made)
+        self._unsettled += len(made)
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(deadline, self._past_deadline)
+        try:
+            taken = client.send_many([(r.topic, r.payload, r) for r in made], self._published)
+        except GatewayError:
+            taken = 0
+        if taken < len(made):
+            # The rest go one by one: behind a refused one that went to the
+            # outbox, or by way of a task while the client is replaced.
+            rest = made[taken:]
+            for _ in rest:
+                self._results.pop()  # the newest, not settled yet
+            self._unsettled -= len(rest)
+            for r in rest:
+                self.send(r.topic, r.payload, r.tokens, r.record_id)
+
     def _published(self, result: _Result, error: BaseException | None) -> None:
         """The end of a result's publish (called once by the MQTT client)."""
         if result.settled:

@@ -384,6 +384,60 @@ def test_publish_returns_once_the_broker_acknowledged_it(mosquitto_module: Broke
     arun(main())
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_batch_of_publishes_arrives_in_order_each_ended_once(
+        mosquitto_module: Broker, protocol: str) -> None:
+    broker = mosquitto_module
+
+    async def main() -> None:
+        watcher, seen = client_with_inbox(settings(broker), [("batch/#", 1)])
+        ended: list[tuple[int, MqttError | None]] = []
+        async with watcher, MqttClient(settings(broker, protocol=protocol),
+                                       lambda m: None) as client:
+            await watcher.wait_ready()
+            await client.wait_ready()
+            count = 300  # many times the broker's window of 20 in flight
+            entries = [(f"batch/{i % 3}", b"r%d" % i, i) for i in range(count)]
+            assert client.send_many(entries, lambda token, error: ended.append((token, error)))\
+                == count
+            await seen.until(count)
+            await until(lambda: len(ended) == count)
+            assert seen.payloads == [b"r%d" % i for i in range(count)]
+            assert [m.topic for m in seen.messages] == [f"batch/{i % 3}" for i in range(count)]
+            assert sorted(ended, key=lambda e: e[0]) == [(i, None) for i in range(count)]
+            assert client.stats().published == count and client.pending_publishes == 0
+
+    arun(main())
+
+
+def test_a_batch_stops_after_a_publish_refused_at_once(mosquitto_module: Broker) -> None:
+    broker = mosquitto_module
+
+    async def main() -> None:
+        ended: dict[Any, MqttError | None] = {}
+
+        def done(token: Any, error: MqttError | None) -> None:
+            ended[token] = error
+
+        async with MqttClient(settings(broker, max_queued=4), lambda m: None) as client:
+            await client.wait_ready()
+            # The queue holds four: the fifth is refused before send_many
+            # returns, and the rest are left to the caller.
+            taken = client.send_many([("out/q", b"%d" % i, i) for i in range(7)], done)
+            assert taken == 5 and list(ended) == [4]
+            assert isinstance(ended[4], MqttError) and "queue is full" in str(ended[4])
+            await until(lambda: len(ended) == 5)
+            assert all(ended[i] is None for i in range(4))
+            # A topic no PUBLISH may carry is refused in the same way.
+            taken = client.send_many([("out/ok", b"a", "a"), ("out/#", b"b", "b"),
+                                      ("out/ok", b"c", "c")], done)
+            assert taken == 2 and "publish refused" in str(ended["b"])
+            await until(lambda: "a" in ended)
+            assert ended["a"] is None and "c" not in ended
+
+    arun(main())
+
+
 def test_publishes_while_the_broker_is_down_are_delivered_after_it_restarts(
         tmp_path: Path) -> None:
     with Broker(directory=tmp_path, persistence=True) as broker:

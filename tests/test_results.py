@@ -19,13 +19,28 @@ class FakeClient:
     """MqttClient's publishing side: ``send`` takes a publish, ``ack`` or
     ``fail`` ends the oldest one as the broker would."""
 
-    def __init__(self, connected: bool = True) -> None:
+    def __init__(self, connected: bool = True, room: int | None = None) -> None:
         self.connected = connected
+        self.room = room  # publishes taken before the queue is full (None: no limit)
         self.sent: collections.deque[tuple[str, bytes, Any, Any]] = collections.deque()
         self.published: list[tuple[str, bytes]] = []
+        self.batches: list[int] = []  # entries of each send_many
 
     def send(self, topic: str, payload: bytes, done: Any, token: Any) -> None:
+        if self.room is not None and len(self.sent) >= self.room:
+            done(token, MqttError("the MQTT outgoing queue is full"))  # at once, as MqttClient
+            return
         self.sent.append((topic, payload, done, token))
+
+    def send_many(self, entries: list[tuple[str, bytes, Any]], done: Any) -> int:
+        """As MqttClient.send_many: stops after a publish refused at once."""
+        self.batches.append(len(entries))
+        for taken, (topic, payload, token) in enumerate(entries, 1):
+            before = len(self.sent)
+            self.send(topic, payload, done, token)
+            if len(self.sent) == before:
+                return taken
+        return len(entries)
 
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self.published.append((topic, payload))
@@ -189,5 +204,78 @@ def test_settle_waits_only_until_its_deadline_and_leaves_the_rest_unreleased():
         assert time.monotonic() - start < 1.0 and sender.busy
         await asyncio.sleep(0.1)  # its deadline timer was stopped with the settle
         assert not books.released and not books.abandoned
+
+    asyncio.run(main())
+
+
+def test_a_chunk_of_results_goes_out_in_one_batch_and_each_is_released_by_its_puback():
+    async def main():
+        books = Books()
+        sender = books.sender()
+        client = FakeClient()
+        sender.attach(client)
+        sender.send_many([(f"t/{n}", b"r%d" % n, (f"in{n}",), f"id{n}") for n in range(4)])
+        assert client.batches == [4]
+        assert [t for t, *_ in client.sent] == [f"t/{n}" for n in range(4)]
+        client.sent.rotate(-2)  # the broker acknowledges the last two first
+        for _ in range(4):
+            client.ack()
+        assert books.released == ["in2", "in3", "in0", "in1"] and not sender.busy
+
+    asyncio.run(main())
+
+
+def test_a_publish_refused_in_a_batch_is_spooled_and_the_rest_go_behind_it(tmp_path):
+    async def main():
+        books = Books()
+        sender = books.sender(timeout_s=60.0)
+        outbox = sender.outbox = await _outbox(tmp_path)
+        client = FakeClient(room=2)
+        sender.attach(client)
+        sender.send_many([(f"t/{n}", b"%d" % n, (f"in{n}",), f"id{n}") for n in range(5)])
+        # Two were taken; the third was refused at once and went to the outbox,
+        # and the two after it went behind it, not to the broker ahead of it.
+        assert [t for t, *_ in client.sent] == ["t/0", "t/1"]
+        await _until(lambda: len(books.released) == 3)
+        assert sorted(books.released) == ["in2", "in3", "in4"]
+        assert [e.topic for e in await outbox.take(10)] == ["t/2", "t/3", "t/4"]
+        client.ack()
+        client.ack()
+        assert sorted(books.released) == [f"in{n}" for n in range(5)] and not books.abandoned
+        assert not sender.busy
+        await outbox.close()
+
+    asyncio.run(main())
+
+
+def test_without_an_outbox_a_publish_refused_in_a_batch_is_abandoned_alone():
+    async def main():
+        books = Books()
+        sender = books.sender()
+        client = FakeClient(room=1)
+        sender.attach(client)
+        sender.send_many([(f"t/{n}", b"%d" % n, (f"in{n}",), f"id{n}") for n in range(2)])
+        assert books.abandoned == ["in1"] and [t for t, *_ in client.sent] == ["t/0"]
+        client.room = None
+        sender.send_many([("t/2", b"2", ("in2",), "id2")])
+        client.ack()
+        client.ack()
+        assert books.released == ["in0", "in2"] and not sender.busy
+
+    asyncio.run(main())
+
+
+def test_a_batch_while_the_link_is_down_is_spooled_in_order(tmp_path):
+    async def main():
+        books = Books()
+        sender = books.sender()
+        outbox = sender.outbox = await _outbox(tmp_path)
+        client = FakeClient(connected=False)
+        sender.attach(client)
+        sender.send_many([(f"t/{n}", b"%d" % n, (f"in{n}",), f"id{n}") for n in range(3)])
+        await _until(lambda: len(books.released) == 3)
+        assert not client.sent and not client.batches
+        assert [e.topic for e in await outbox.take(10)] == ["t/0", "t/1", "t/2"]
+        await outbox.close()
 
     asyncio.run(main())

@@ -12,8 +12,10 @@ the same run, with the ratio and the target:
   message), QoS 1, MQTT 5, published as fast as the broker takes them to
   ``<prefix>/in/gps/<src>``; messages/s from the first publish until a
   separate subscriber has N records from ``<prefix>/out/gps/<src>``. Every
-  input must give exactly one record: ids distinct, count equal, no dead
-  letters, and the daemon's own record count must agree. Peer: mosquitto_sub
+  input must give exactly one record (NMEA: and one more, gpsd's report of
+  the first cycle's RMC before the cycle's end is learned): ids distinct,
+  count equal, no dead letters, and the daemon's own counts must agree; the
+  main process's CPU time a message is printed too. Peer: mosquitto_sub
   receiving the same N-message stream from the same broker. Target >= 0.5x.
 - latency: a receiver at 10 Hz on a pty (one RMC+GGA cycle every 100 ms);
   per cycle, the time the gps_fix record arrives at a subscriber less the time
@@ -232,6 +234,12 @@ class DaemonProcess:
         self._listener.join(1)
         self._notify.close()
         return code
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _role(pid: int) -> str:
@@ -518,12 +526,13 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
     daemon = DaemonProcess(work, broker, "bench-ingest")
     daemon.wait_note("READY=1")
     watcher = Watcher(broker, {f"{daemon.prefix}/status": statuses})
-    expected_records = 0
+    expected_inputs = expected_records = 0
     try:
         for fmt in formats:
             ours: list[float] = []
             peers: list[float] = []
             pubs: list[float] = []
+            cpu_us: list[float] = []
             for r in range(repeat):
                 source = f"{fmt}{r}"
                 first = r * count
@@ -532,10 +541,18 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
                                     records=False)
                 peers.append(count / (peer["done"] - peer["start"]))
                 out = work / f"ingest-{source}.txt"
+                cpu_before = _cpu_seconds(daemon.process.pid)
                 t = _stream_pass(broker, fmt, count, first, f"{daemon.prefix}/in/gps/{source}",
                                  [f"{daemon.prefix}/out/gps/{source}",
                                   f"{daemon.prefix}/dead/{source}"], out, records=True)
-                expected_records += count
+                # Each pass is a new source: until its cycle's end is learned
+                # (at the second cycle), gpsd reports the first cycle's RMC on
+                # its own as well as with the GGA, and so does the daemon.
+                want = count + 1 if fmt == "nmea" else count
+                expected_inputs += count
+                expected_records += want
+                # The pass includes a second of waiting for more at its end: idle.
+                cpu_us.append((_cpu_seconds(daemon.process.pid) - cpu_before) / count * 1e6)
                 pubs.append(count / (t["published"] - t["start"]))
                 got = _records_of(out)
                 fixes = [d for topic, d in got if "/out/gps/" in topic]
@@ -547,10 +564,11 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
                     ours.append(len(fixes) / (time.monotonic() - t["start"]))
                 else:
                     ours.append(count / (t["done"] - t["start"]))
-                if len(fixes) != count or len(ids) != count or dead:
+                if len(fixes) != want or len(ids) != want or dead:
                     rows.note(f"ingest {fmt} pass {r}: {len(fixes)} records "
                               f"({len(fixes) - len(ids)} of them repeats), {len(ids)} "
-                              f"distinct ids, {len(dead)} dead letters for {count} inputs "
+                              f"distinct ids, {len(dead)} dead letters for {count} inputs, "
+                              f"{want} records expected "
                               f"({sorted({d.get('reason') for d in dead})})")
             m_ours, m_peer = statistics.median(ours), statistics.median(peers)
             rows.add(f"ingest, {fmt} ({count:,} msgs), median of {repeat}", m_ours, m_peer,
@@ -559,14 +577,17 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
             rows.note(f"ingest {fmt}: passes {', '.join(f'{x:,.0f}' for x in ours)} msgs/s; "
                       f"peer {', '.join(f'{x:,.0f}' for x in peers)}; publisher alone "
                       f"(first publish to last PUBACK, daemon pass) "
-                      f"{', '.join(f'{x:,.0f}' for x in pubs)} msgs/s")
+                      f"{', '.join(f'{x:,.0f}' for x in pubs)} msgs/s; the daemon's main "
+                      f"process used {', '.join(f'{x:.1f}' for x in cpu_us)} us of CPU a "
+                      f"message")
         time.sleep(1.5)
         status = statuses.after(time.monotonic())
         counts = status.get("counts", {})
         if counts.get("records") != expected_records or \
-                counts.get("inputs") != expected_records:
+                counts.get("inputs") != expected_inputs:
             rows.note(f"ingest: the daemon counts {counts.get('inputs')} inputs and "
-                      f"{counts.get('records')} records, {expected_records} each expected")
+                      f"{counts.get('records')} records, {expected_inputs} and "
+                      f"{expected_records} expected")
         q = status.get("queue") or {}
         rows.note(f"ingest: daemon queue peak {q.get('peak')}/{q.get('capacity')}, "
                   f"counts {counts}, loop lag {status.get('loop_lag_ms')}")
