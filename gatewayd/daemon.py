@@ -516,7 +516,9 @@ class Daemon:
 
     def _gps(self, payload: bytes, source: str, received_at: str, ticket: _Ticket,
              stream: ingest.GpsStream) -> tuple[list[Item], tuple[object, ...]]:
-        head = payload.lstrip()[:1]
+        head = payload[:1]
+        if head.isspace():
+            head = payload.lstrip()[:1]
         if head == b"{":
             ticket.stream = None  # a TPV is a fix of its own: no cycle holds it
             try:

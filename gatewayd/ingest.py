@@ -14,6 +14,7 @@ it carried is out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import json.scanner
 import math
@@ -26,7 +27,7 @@ import numpy as np
 from gatewayd import geometry, records
 from gatewayd.config import Config
 from gatewayd.errors import DecodeError, GatewayError, InputTooLarge
-from gatewayd.nmea import Fix, NmeaDecoder
+from gatewayd.nmea import Fixes, NmeaDecoder
 from gatewayd.pipeline import DeadItem, FixItem, FrameItem, Item, PolygonItem, origin
 
 __all__ = ["GpsStream", "Limits", "dead", "frame_items", "gps_json_tpv", "polygon_items"]
@@ -228,6 +229,11 @@ def _tpv_digest(tpv: dict[str, Any]) -> str:
     return records.content_digest(tpv)
 
 
+def _members_digest(members: str) -> str:
+    # An NMEA fix's content, as its record writes its TPV fields.
+    return hashlib.sha256(members.encode()).hexdigest()
+
+
 class GpsStream:
     """One GPS source's reporting cycle, kept across inputs (serial blocks or
     MQTT messages), with the tokens of inputs whose data waits in it.
@@ -256,16 +262,16 @@ class GpsStream:
 
     def nmea(self, data: bytes, received_at: str, token: object | None = None
              ) -> tuple[list[Item], Tokens]:
-        fixes = self.decoder.feed(data)
+        fixes = self.decoder.feed_block(data)
         if token is not None:
             self._waiting.append(token)
         return self._settle(fixes, received_at)
 
     def flush(self, received_at: str) -> tuple[list[Item], Tokens]:
         """Ends the open cycle (the source went quiet, or intake stops)."""
-        return self._settle(self.decoder.flush(), received_at)
+        return self._settle(self.decoder.flush_block(), received_at)
 
-    def _settle(self, fixes: list[Fix], received_at: str) -> tuple[list[Item], Tokens]:
+    def _settle(self, fixes: Fixes, received_at: str) -> tuple[list[Item], Tokens]:
         if self.decoder.holding:
             # This input may have opened the next cycle too: its token waits for
             # that fix as well; the earlier ones ride on the fixes made now.
@@ -279,11 +285,14 @@ class GpsStream:
             if not fixes:
                 return [], carried
         out: list[Item] = []
-        for n, fix in enumerate(fixes):
-            tpv = fix.to_tpv()
-            tokens = carried if n == len(fixes) - 1 else ()
-            out.append(FixItem(origin(self.source, _tpv_digest(tpv), 0, received_at, tokens),
-                               tpv))
+        last = len(fixes) - 1
+        # Each fix's TPV fields, and their JSON members as written in C: the
+        # fix is named by them, and its record's line takes them as they are.
+        for n, (fields, members) in enumerate(fixes.fields_json()):
+            tpv = {"class": "TPV"}
+            tpv.update(fields)
+            out.append(FixItem(origin(self.source, _members_digest(members), 0, received_at,
+                                      carried if n == last else ()), tpv, members))
         return out, ()
 
     def tpv(self, tpv: dict[str, Any], received_at: str, token: object | None = None,

@@ -74,10 +74,14 @@ class _Origin(NamedTuple):
     tokens: tuple[object, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class FixItem:
+class FixItem(NamedTuple):
+    """One fix (a tuple, as ``_Origin``: one is made for every fix)."""
+
     origin: _Origin
     tpv: dict[str, Any]  # gpsd TPV fields as the decoder gave them
+    # The same but "class" as JSON members, as ``records.dumps`` writes them,
+    # where the decoder wrote them already (NMEA's, in C).
+    members: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,12 +402,12 @@ class Pipeline:
                           dtype=np.float64).reshape(-1, 2)
         xy, zones = await self._place(lonlat)
         fix_records = _FixRecords(self.settings.crs_to)
+        record_id = records.record_id
         out = [
-            (fix_records.make(item.origin, records.record_id(
-                item.origin.source, item.origin.input_sha256, item.origin.index),
-                {k: v for k, v in item.tpv.items() if k != "class"}, x, y, z),
-             item.origin.tokens)
+            (fix_records.make(o, record_id(o.source, o.input_sha256, o.index), item.tpv, x, y, z,
+                              item.members), o.tokens)
             for item, (x, y), z in zip(items, xy, zones)
+            for o in (item.origin,)
         ]
         self.stats.fixes += len(out)
         return out
@@ -545,6 +549,19 @@ _json_str = json.encoder.encode_basestring_ascii
 # The members of a gps_fix record that are not TPV fields.
 _FIX_OWN = frozenset({"kind", "id", "source", "received_at", "processed_at", "lineage", "x", "y",
                       "crs", "zones"})
+_TPV_HEAD = '{"class":"TPV",'  # a TPV's line, up to its first member after "class"
+_TPV_ALONE = '{"class":"TPV"}'
+
+
+def _tpv_members(tpv: dict[str, Any]) -> str:
+    """A TPV's fields but "class", as JSON members."""
+    # The decoders put "class" first: the members follow it in its line.
+    text = records.dumps(tpv)
+    if text.startswith(_TPV_HEAD):
+        return text[len(_TPV_HEAD):-1]
+    if text == _TPV_ALONE:
+        return ""
+    return records.dumps_members({k: v for k, v in tpv.items() if k != "class"})
 
 
 class _FixRecords:
@@ -563,20 +580,24 @@ class _FixRecords:
         self._crs_json = ',"crs":' + records.dumps_value(crs_to) + ',"zones":'
         self._zone_json: dict[tuple[str, ...], str] = {}
 
-    def make(self, o: _Origin, record_id: str, fields: dict[str, Any], x: float, y: float,
-             zones: Sequence[str]) -> Record:
-        """A record, made with its JSON line (see ``records.Record``)."""
+    def make(self, o: _Origin, record_id: str, tpv: dict[str, Any], x: float, y: float,
+             zones: Sequence[str], members: str | None = None) -> Record:
+        """A record of a fix's TPV fields (all but "class"), made with its
+        JSON line (see ``records.Record``); ``members``: those fields as
+        JSON members, where they are written already."""
         input_sha256 = o.input_sha256
         lineage = {"input_sha256": input_sha256}
         lineage.update(self._lineage_rest)
         rec: dict[str, Any] = {"kind": "gps_fix", "id": record_id, "source": o.source,
                                "received_at": o.received_at,
                                "processed_at": self.processed_at, "lineage": lineage}
-        rec.update(fields)
-        if not fields.keys().isdisjoint(_FIX_OWN):  # no TPV field is one: never so far
+        rec.update(tpv)
+        rec.pop("class", None)
+        if not _FIX_OWN.isdisjoint(tpv):  # no TPV field is one: never so far
             rec.update(self._tail(x, y, zones))
             return rec
-        members = records.dumps_members(fields)
+        if members is None:
+            members = _tpv_members(tpv)
         # Ids and digests are hex: nothing in them to escape.
         parts = ['{"kind":"gps_fix","id":"', record_id, '","source":', _json_str(o.source),
                  ',"received_at":', _json_str(o.received_at), self._after_source,

@@ -261,6 +261,33 @@ def test_a_block_of_fixes_makes_the_records_single_fixes_make():
         assert [list(r) for r in out] == [list(r) for r in expected]  # the same field order
 
 
+def test_a_live_streams_fixes_make_the_records_a_block_makes_and_are_named_by_content():
+    import json
+
+    from gatewayd.ingest import GpsStream
+
+    data = _nmea(30)
+    # A serial port's bytes come in pieces that cut sentences anywhere.
+    stream = GpsStream("gps")
+    items = [i for k in range(0, len(data), 97) for i in stream.nmea(data[k:k + 97], "t")[0]]
+    items += stream.flush("t")[0]
+    assert len(items) == _fixes(30) and all(i.members is not None for i in items)
+    block = _batch(data).fixes
+    assert [i.tpv for i in items] == block.tpvs()
+    out = _run(items, InProcessRunner())
+    for rec, tpv in zip(out, block.tpvs()):
+        assert records.dumps(rec) == json.dumps(rec, separators=(",", ":"), allow_nan=False)
+        assert {k: rec[k] for k in tpv if k != "class"} == {k: tpv[k] for k in tpv
+                                                           if k != "class"}
+        assert "class" not in rec
+    # The same content names a fix the same way, from another stream in
+    # other pieces; other content, another way.
+    again = GpsStream("gps").nmea(data, "t")[0]
+    assert [i.origin.input_sha256 for i in again] == \
+        [i.origin.input_sha256 for i in items[:len(again)]]
+    assert len({i.origin.input_sha256 for i in items}) == len(items)
+
+
 def test_fixes_in_lon_lat_without_zones_need_no_worker():
     runner = InProcessRunner()
     out = _run([_batch(_nmea(50))], runner, zone_lookup=False)
@@ -294,7 +321,11 @@ def test_records_are_written_as_json_dumps_writes_them():
            FixItem(origin("gps/ø", "b" * 64, 1, "2026-01-01T00:00:00.5Z"),
                    {"class": "TPV", "mode": 3, "lat": -33.5, "lon": 151.25, "altMSL": 12.0,
                     "altHAE": 40.125, "speed": 0.0, "track": 359.99, "climb": -0.1,
-                    "magvar": 1e-7, "eph": 1e16, "epx": 3.0, "epy": 4.0, "epv": 5.0})]
+                    "magvar": 1e-7, "eph": 1e16, "epx": 3.0, "epy": 4.0, "epv": 5.0}),
+           # "class" not first, and "class" alone: it is never a member of the record.
+           FixItem(origin("gps", "a" * 64, 2, "t"),
+                   {"mode": 2, "class": "TPV", "lat": 1.5, "lon": 2.5}),
+           FixItem(origin("gps", "9" * 64, 3, "t"), {"class": "TPV"})]
     out += [r for crs in ("EPSG:4326", "EPSG:32756")
             for r in _run(odd, InProcessRunner(), crs_to=crs)]
     bow = np.array([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)], float) * 1e-3 + 0.1
@@ -303,6 +334,7 @@ def test_records_are_written_as_json_dumps_writes_them():
                              False) for i, ring in enumerate([bow, sq])], InProcessRunner())
     out += [{"kind": "x", "nested": {"a": [1, 2.5, None, True, "é\n"]}}]
     assert len({len(r) for r in out}) > 2  # records of several shapes
+    assert not any("class" in r for r in out)
 
     def text(value):
         assert isinstance(value, records.JsonText)
