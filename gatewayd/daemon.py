@@ -529,10 +529,11 @@ class Daemon:
             # One message, one fix: its id comes from the message's bytes.
             return stream.tpv(tpv, received_at, ticket, records.input_digest(payload)), ()
         self._last_data[source] = time.monotonic()
-        before = stream.decoder.stats().bad_checksum
+        before = stream.decoder.bad_checksums
         items, released = stream.nmea(payload, received_at, ticket)
-        if stream.decoder.stats().bad_checksum > before:
-            self._counts["bad_checksums"] += stream.decoder.stats().bad_checksum - before
+        bad = stream.decoder.bad_checksums - before
+        if bad > 0:
+            self._counts["bad_checksums"] += bad
         return items, released
 
     def _stream(self, source: str) -> ingest.GpsStream:

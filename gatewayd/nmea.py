@@ -162,10 +162,11 @@ class Fixes:
         out = []
         text = ""
         written = _members_json(rows) if json else itertools.repeat(None)
-        for time, mode, present, values, done in zip(rows["time"].astype("U24").tolist(),
-                                                     rows["mode"].tolist(),
-                                                     rows["present"].tolist(),
-                                                     rows["values"].tolist(), written):
+        # Two conversions to Python values in all: numpy's per call costs
+        # more than a fix's worth of work on the one-fix blocks of MQTT input.
+        for (mode, present, stamp), values, done in zip(
+                rows[["mode", "present", "time"]].tolist(), rows["values"].tolist(), written):
+            time = stamp.decode("ascii")  # gpsd's ISO 8601: ASCII, NUL-padded as S24
             fields: dict[str, Any] = {"time": time, "mode": mode} if time else {"mode": mode}
             names, pick, status, members = _plans.get(present) or _plan(present)
             picked = pick(values)
@@ -249,6 +250,11 @@ class NmeaDecoder:
         self._out = ffi.new("gw_fix[]", _FIX_CAPACITY)
         self._rows = np.frombuffer(ffi.buffer(self._out), dtype=_FIX_DTYPE)
         self._consumed = ffi.new("int64_t *")
+
+    @property
+    def bad_checksums(self) -> int:
+        """``stats().bad_checksum``, without the rest."""
+        return int(self._state.stats.bad_checksum)
 
     def stats(self) -> NmeaStats:
         s = self._state.stats
