@@ -230,7 +230,8 @@ def _tpv_digest(tpv: dict[str, Any]) -> str:
 
 
 def _members_digest(members: str) -> str:
-    # An NMEA fix's content, as its record writes its TPV fields.
+    # An NMEA fix's content, named by its TPV fields as its record writes
+    # them: the same fix, the same name, in any stream and any pieces.
     return hashlib.sha256(members.encode()).hexdigest()
 
 

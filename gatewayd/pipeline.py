@@ -402,13 +402,12 @@ class Pipeline:
                           dtype=np.float64).reshape(-1, 2)
         xy, zones = await self._place(lonlat)
         fix_records = _FixRecords(self.settings.crs_to)
-        record_id = records.record_id
-        out = [
-            (fix_records.make(o, record_id(o.source, o.input_sha256, o.index), item.tpv, x, y, z,
-                              item.members), o.tokens)
-            for item, (x, y), z in zip(items, xy, zones)
-            for o in (item.origin,)
-        ]
+        record_id, make = records.record_id, fix_records.make
+        out: list[Output] = []
+        for item, (x, y), z in zip(items, xy, zones):
+            o = item.origin
+            out.append((make(o, record_id(o.source, o.input_sha256, o.index), item.tpv, x, y, z,
+                             item.members), o.tokens))
         self.stats.fixes += len(out)
         return out
 
