@@ -23,6 +23,7 @@ or not the packet carries any, an ``MQTTMessage`` with a
   broker's Receive Maximum), its packet ids and its queue limit; those the
   window holds back wait in order, and after a reconnect every unacknowledged
   one is sent again, in order, with DUP set if it had gone out;
+  ``publish_lean_many()`` queues a batch of them in one call;
 - a PUBACK of a lean publish completes it with its reason code; a PUBACK of
   paho's own publishes that says success without properties completes it
   with a shared success reason code and empty properties;

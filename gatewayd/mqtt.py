@@ -28,9 +28,10 @@ socket has TCP_NODELAY: Nagle's algorithm would hold a small publish back
 until the broker acknowledged the bytes before it. The broker's Receive
 Maximum bounds our QoS 1 publishes awaiting a PUBACK (Mosquitto: its
 ``max_inflight_messages``, 20 by default), so the publish rate is at most
-that window over the time a PUBACK waits to be read: a publish that finds
-the window full reads the socket now and then, rather than waiting for the
-loop to turn to it.
+that window over the time a PUBACK waits to be read: publishes that find
+the window full read the socket now and then, rather than waiting for the
+loop to turn to it. ``send_many`` queues a batch (a chunk's results) with
+one such check and read for the whole batch.
 
 Acknowledgements. The client is made with ``manual_ack=True``: a QoS 1 message
 is PUBACKed only after the owner calls ``ack(message)``, once the message's
