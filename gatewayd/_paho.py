@@ -69,6 +69,7 @@ _DISCONNECT = 0xE0
 _V5 = MQTTProtocolVersion.MQTTv5
 _CONNECTED = _ConnectionState.MQTT_CS_CONNECTED
 _MAX_PACKET = 268_435_455  # the largest remaining length MQTT can say
+_QUEUE_FULL = "the queue of publishes is full"  # a lean publish's refusal
 
 # A successful PUBACK carries nothing else: one reason code and one empty set of
 # properties serve them all (on_publish only reads them).
@@ -90,6 +91,8 @@ def _fresh_in_packet() -> Any:  # paho's _InPacket
 def _remaining_length(size: int) -> bytes:
     if size < 128:
         return bytes((size,))
+    if size < 16384:  # a result record's size: two bytes
+        return bytes(((size & 0x7F) | 0x80, size >> 7))
     out = bytearray()
     while True:
         byte, size = size & 0x7F, size >> 7
@@ -192,26 +195,12 @@ class LeanClient(paho.Client):
         while the link is down it waits for the next. ``done(token, None)``
         follows its PUBACK, ``done(token, reason)`` a PUBACK of failure.
         Raises ValueError for a topic no PUBLISH may carry."""
-        limit = self._max_queued_messages
-        lean = self._lean
-        if limit > 0 and len(lean) + len(self._out_messages) >= limit:
+        why = self._queue_lean(topic, payload, retain, done, token)
+        if why is None:
+            return _OK
+        if why is _QUEUE_FULL:
             return _QUEUE_SIZE
-        if not topic or b"+" in topic or b"#" in topic or len(topic) > 65535:
-            raise ValueError(f"invalid topic for a publish: {topic!r}")
-        mid = self._mid_generate()
-        size = 2 + len(topic) + 2 + len(payload)
-        v5 = self._protocol == _V5
-        if v5:
-            size += 1  # no properties
-        if size > _MAX_PACKET:
-            raise ValueError("payload too large for an MQTT packet")
-        packet = b"".join((
-            bytes((0x33 if retain else 0x32,)), _remaining_length(size),
-            len(topic).to_bytes(2, "big"), topic, mid.to_bytes(2, "big"),
-            b"\x00" if v5 else b"", payload))
-        lean[mid] = _Lean(packet, done, token)
-        self._lean_unsent.append(mid)
-        return _OK
+        raise ValueError(why)
 
     def publish_lean_many(self, entries: list[tuple[bytes, bytes, Any]], done: LeanDone
                           ) -> int:
@@ -220,27 +209,34 @@ class LeanClient(paho.Client):
         (the queue is full, a topic or size no PUBLISH may carry) and
         returns how many it queued; the caller's ``publish_lean`` of the
         next one then says why."""
+        queue = self._queue_lean
+        for queued, (topic, payload, token) in enumerate(entries):
+            if queue(topic, payload, False, done, token) is not None:
+                return queued
+        return len(entries)
+
+    def _queue_lean(self, topic: bytes, payload: bytes, retain: bool, done: LeanDone,
+                    token: Any) -> str | None:
+        """Queues a lean publish: None, or why it cannot be (``_QUEUE_FULL``:
+        ``max_queued`` publishes are outstanding; nothing is queued then)."""
         limit = self._max_queued_messages
-        lean, out, unsent = self._lean, self._out_messages, self._lean_unsent
+        lean = self._lean
+        if limit > 0 and len(lean) + len(self._out_messages) >= limit:
+            return _QUEUE_FULL
+        if not topic or b"+" in topic or b"#" in topic or len(topic) > 65535:
+            return f"invalid topic for a publish: {topic!r}"
         v5 = self._protocol == _V5
-        extra = 5 if v5 else 4  # topic length, packet id, no properties
-        properties = b"\x00" if v5 else b""
-        queued = 0
-        for topic, payload, token in entries:
-            size = len(topic) + len(payload) + extra
-            if (limit > 0 and len(lean) + len(out) >= limit) or not topic or \
-                    b"+" in topic or b"#" in topic or len(topic) > 65535 or size > _MAX_PACKET:
-                break
-            mid = self._mid_generate()
-            head = bytes((0x32, size)) if size < 128 else \
-                bytes((0x32, (size & 0x7F) | 0x80, size >> 7)) if size < 16384 else \
-                b"\x32" + _remaining_length(size)
-            lean[mid] = _Lean(b"".join((head, len(topic).to_bytes(2, "big"), topic,
-                                        mid.to_bytes(2, "big"), properties, payload)),
-                              done, token)
-            unsent.append(mid)
-            queued += 1
-        return queued
+        size = len(topic) + len(payload) + (5 if v5 else 4)  # topic length, id, (properties)
+        if size > _MAX_PACKET:
+            return "payload too large for an MQTT packet"
+        mid = self._mid_generate()
+        packet = b"".join((
+            bytes((0x33 if retain else 0x32,)), _remaining_length(size),
+            len(topic).to_bytes(2, "big"), topic, mid.to_bytes(2, "big"),
+            b"\x00" if v5 else b"", payload))
+        lean[mid] = _Lean(packet, done, token)
+        self._lean_unsent.append(mid)
+        return None
 
     def lean_send(self) -> None:
         """Queues for writing the lean publishes the window has room for, in order."""

@@ -106,8 +106,7 @@ class ResultSender:
     def send(self, topic: str, payload: bytes, tokens: Tokens, record_id: str) -> None:
         """Publishes a result; one the broker does not take in time goes to the
         outbox. Its inputs are released once it is published or spooled."""
-        outbox = self.outbox
-        if outbox is not None and (self._spools or len(outbox) or not self._client.connected):
+        if self._behind_outbox():
             from gatewayd.outbox import Entry
 
             # Behind what is spooled already, or on its way to the disk: order holds.
@@ -137,12 +136,10 @@ class ResultSender:
 
     def send_many(self, results: list[tuple[str, bytes, Tokens, str]]) -> None:
         """``send`` of many, in order: each is (topic, payload, tokens, record_id)."""
-        client = self._client
-        outbox = self.outbox
         if not results:
             return
-        if not self._up.is_set() or (outbox is not None and (
-                self._spools or len(outbox) or not client.connected)):
+        client = self._client
+        if not self._up.is_set() or self._behind_outbox():
             for topic, payload, tokens, record_id in results:
                 self.send(topic, payload, tokens, record_id)
             return
@@ -167,6 +164,13 @@ class ResultSender:
             self._unsettled -= len(rest)
             for r in rest:
                 self.send(r.topic, r.payload, r.tokens, r.record_id)
+
+    def _behind_outbox(self) -> bool:
+        """Whether a result goes to the outbox now: the link is down, or
+        results wait there (or are on their way to its disk) already."""
+        outbox = self.outbox
+        return outbox is not None and bool(
+            self._spools or len(outbox) or not self._client.connected)
 
     def _published(self, result: _Result, error: BaseException | None) -> None:
         """The end of a result's publish (called once by the MQTT client)."""
