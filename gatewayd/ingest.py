@@ -27,7 +27,7 @@ import numpy as np
 from gatewayd import geometry, records
 from gatewayd.config import Config
 from gatewayd.errors import DecodeError, GatewayError, InputTooLarge
-from gatewayd.nmea import Fixes, NmeaDecoder
+from gatewayd.nmea import NmeaDecoder
 from gatewayd.pipeline import DeadItem, FixItem, FrameItem, Item, PolygonItem, origin
 
 __all__ = ["GpsStream", "Limits", "dead", "frame_items", "gps_json_tpv", "polygon_items"]
@@ -263,16 +263,17 @@ class GpsStream:
 
     def nmea(self, data: bytes, received_at: str, token: object | None = None
              ) -> tuple[list[Item], Tokens]:
-        fixes = self.decoder.feed_block(data)
+        fixes = self.decoder.feed_fields(data)
         if token is not None:
             self._waiting.append(token)
         return self._settle(fixes, received_at)
 
     def flush(self, received_at: str) -> tuple[list[Item], Tokens]:
         """Ends the open cycle (the source went quiet, or intake stops)."""
-        return self._settle(self.decoder.flush_block(), received_at)
+        return self._settle(self.decoder.flush_fields(), received_at)
 
-    def _settle(self, fixes: Fixes, received_at: str) -> tuple[list[Item], Tokens]:
+    def _settle(self, fixes: list[tuple[dict[str, Any], str]], received_at: str
+                ) -> tuple[list[Item], Tokens]:
         if self.decoder.holding:
             # This input may have opened the next cycle too: its token waits for
             # that fix as well; the earlier ones ride on the fixes made now.
@@ -289,7 +290,7 @@ class GpsStream:
         last = len(fixes) - 1
         # Each fix's TPV fields, and their JSON members as written in C: the
         # fix is named by them, and its record's line takes them as they are.
-        for n, (fields, members) in enumerate(fixes.fields_json()):
+        for n, (fields, members) in enumerate(fixes):
             tpv = {"class": "TPV"}
             tpv.update(fields)
             out.append(FixItem(origin(self.source, _members_digest(members), 0, received_at,

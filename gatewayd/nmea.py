@@ -26,7 +26,7 @@ import logging
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -52,6 +52,7 @@ _LAT, _LON = _VALUES.index("lat"), _VALUES.index("lon")
 _FIX_DTYPE = np.dtype([("offset", "<i8"), ("mode", "<i4"), ("present", "<u4"),
                        ("values", "<f8", (len(_VALUES),)), ("time", "S24")])
 _FIX_CAPACITY = 1024  # fixes per call into C; a 64 KiB block makes about 150
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,28 +159,7 @@ class Fixes:
         return self._fields(json=True)
 
     def _fields(self, *, json: bool) -> list[tuple[dict[str, Any], str]]:
-        rows = self.rows
-        out = []
-        text = ""
-        written = _members_json(rows) if json else itertools.repeat(None)
-        # Two conversions to Python values in all: numpy's per call costs
-        # more than a fix's worth of work on the one-fix blocks of MQTT input.
-        for (mode, present, stamp), values, done in zip(
-                rows[["mode", "present", "time"]].tolist(), rows["values"].tolist(), written):
-            time = stamp.decode("ascii")  # gpsd's ISO 8601: ASCII, NUL-padded as S24
-            fields: dict[str, Any] = {"time": time, "mode": mode} if time else {"mode": mode}
-            names, pick, status, members = _plans.get(present) or _plan(present)
-            picked = pick(values)
-            fields.update(zip(names, picked))
-            if status:
-                fields["status"] = int(fields["status"])
-                picked = (fields["status"], *picked[1:])
-            if json:
-                # The time is digits and punctuation only: nothing to escape.
-                text = (f'"time":"{time}","mode":{mode}' if time else f'"mode":{mode}') + \
-                    (done if done is not None else members.format(*picked))
-            out.append((fields, text))
-        return out
+        return _fields_of(self.rows, _members_json(self.rows) if json else None)
 
     def tpvs(self) -> list[dict[str, Any]]:
         """gpsd TPV objects."""
@@ -190,33 +170,65 @@ class Fixes:
                 for offset, fields in zip(self.rows["offset"].tolist(), self.fields())]
 
 
-def _members_json(rows: np.ndarray) -> list[str | None]:
-    """Each fix's values as JSON members, written in C as json.dumps would
-    write them (None for a fix Python must write: see gw_fix_json)."""
-    n = len(rows)
-    if not n:
-        return []
-    rows = np.ascontiguousarray(rows)
-    cap = n * _JSON_PER_FIX
-    buf = ffi.new("char[]", cap)
-    ends = np.empty(n, dtype=np.int64)
-    used = lib.gw_fix_json(ffi.from_buffer("gw_fix[]", rows), n, buf, cap,
-                           ffi.from_buffer("int64_t[]", ends))
-    if used < 0:  # pragma: no cover - _JSON_PER_FIX holds the longest fix
-        return [None] * n
-    text = ffi.unpack(buf, used).decode("ascii")
-    out: list[str | None] = []
-    start = 0
-    for end in ends.tolist():
-        if end < 0:
-            out.append(None)
-            continue
-        out.append(text[start:end])
-        start = end
+def _fields_of(rows: np.ndarray, written: list[str | None] | None
+               ) -> list[tuple[dict[str, Any], str]]:
+    """Each fix's TPV fields, and, where ``written`` gives the members C wrote
+    (see ``_members_json``), the same as JSON members ("" without them)."""
+    out = []
+    text = ""
+    # Two conversions to Python values in all: numpy's per call costs more
+    # than a fix's worth of work on the one-fix blocks of MQTT input.
+    for (mode, present, stamp), values, done in zip(
+            rows[["mode", "present", "time"]].tolist(), rows["values"].tolist(),
+            itertools.repeat(None) if written is None else written):
+        time = stamp.decode("ascii")  # gpsd's ISO 8601: ASCII, NUL-padded as S24
+        fields: dict[str, Any] = {"time": time, "mode": mode} if time else {"mode": mode}
+        names, pick, status, members = _plans.get(present) or _plan(present)
+        picked = pick(values)
+        fields.update(zip(names, picked))
+        if status:
+            fields["status"] = int(fields["status"])
+            picked = (fields["status"], *picked[1:])
+        if written is not None:
+            # The time is digits and punctuation only: nothing to escape.
+            text = (f'"time":"{time}","mode":{mode}' if time else f'"mode":{mode}') + \
+                (done if done is not None else members.format(*picked))
+        out.append((fields, text))
     return out
 
 
+def _members_json(rows: np.ndarray, out: Any = None, text: Any = None, ends: Any = None
+                  ) -> list[str | None]:
+    """Each fix's values as JSON members, written in C as json.dumps would
+    write them (None for a fix Python must write: see gw_fix_json). ``out``:
+    the C array ``rows`` is a view of, if it is one; ``text`` and ``ends``:
+    buffers to write into, if they are large enough for ``rows``."""
+    n = len(rows)
+    if not n:
+        return []
+    if out is None:
+        rows = np.ascontiguousarray(rows)
+        out = ffi.from_buffer("gw_fix[]", rows)
+    cap = n * _JSON_PER_FIX
+    if text is None or len(text) < cap or len(ends) < n:
+        text, ends = ffi.new("char[]", cap), ffi.new("int64_t[]", n)
+    used = lib.gw_fix_json(out, n, text, cap, ends)
+    if used < 0:  # pragma: no cover - _JSON_PER_FIX holds the longest fix
+        return [None] * n
+    written = ffi.unpack(text, used).decode("ascii")
+    members: list[str | None] = []
+    start = 0
+    for end in ffi.unpack(ends, n):
+        if end < 0:
+            members.append(None)
+            continue
+        members.append(written[start:end])
+        start = end
+    return members
+
+
 _JSON_PER_FIX = 512  # 14 members of at most 12 + 4 + 20 bytes each
+_FEW_FIXES = 8  # fixes a decoder keeps room to write the members of
 
 
 @dataclass(slots=True)
@@ -250,6 +262,9 @@ class NmeaDecoder:
         self._out = ffi.new("gw_fix[]", _FIX_CAPACITY)
         self._rows = np.frombuffer(ffi.buffer(self._out), dtype=_FIX_DTYPE)
         self._consumed = ffi.new("int64_t *")
+        # Where feed_fields has C write a few fixes' members (more take their own).
+        self._text = ffi.new("char[]", _FEW_FIXES * _JSON_PER_FIX)
+        self._ends = ffi.new("int64_t[]", _FEW_FIXES)
 
     @property
     def bad_checksums(self) -> int:
@@ -281,12 +296,38 @@ class NmeaDecoder:
         return self.flush_block().to_list()
 
     def feed_block(self, data: bytes) -> Fixes:
-        return self._decode(self._pending + data if self._pending else data, final=False)
+        return Fixes.concat(self._decode(self._pending + data if self._pending else data,
+                                         final=False, take=self._copy))
 
     def flush_block(self) -> Fixes:
-        return self._decode(self._pending, final=True) if self._pending else Fixes.empty()
+        if not self._pending:
+            return Fixes.empty()
+        return Fixes.concat(self._decode(self._pending, final=True, take=self._copy))
 
-    def _decode(self, buf: bytes, *, final: bool) -> Fixes:
+    def feed_fields(self, data: bytes) -> list[tuple[dict[str, Any], str]]:
+        """``feed_block(data).fields_json()``, read straight from C's output:
+        no block is made. For input that comes a cycle or so at a time."""
+        parts = self._decode(self._pending + data if self._pending else data, final=False,
+                             take=self._fields_json)
+        return parts[0] if len(parts) == 1 else list(itertools.chain.from_iterable(parts))
+
+    def flush_fields(self) -> list[tuple[dict[str, Any], str]]:
+        """``flush_block().fields_json()``, as ``feed_fields`` reads it."""
+        if not self._pending:
+            return []
+        return list(itertools.chain.from_iterable(
+            self._decode(self._pending, final=True, take=self._fields_json)))
+
+    def _copy(self, count: int) -> Fixes:
+        return Fixes(self._rows[:count].copy())
+
+    def _fields_json(self, count: int) -> list[tuple[dict[str, Any], str]]:
+        rows = self._rows[:count]
+        return _fields_of(rows, _members_json(rows, self._out, self._text, self._ends))
+
+    def _decode(self, buf: bytes, *, final: bool, take: Callable[[int], _T]) -> list[_T]:
+        """Decodes ``buf``: what ``take(count)`` makes of each run of fixes C
+        writes to ``self._out`` (which the next run overwrites)."""
         enders = self._state.enders
         data = ffi.from_buffer("uint8_t[]", buf)
         parts = []
@@ -296,7 +337,7 @@ class NmeaDecoder:
                                        self._offset + start, MAX_SENTENCE, final, self._out,
                                        _FIX_CAPACITY, self._consumed)
             if count:
-                parts.append(Fixes(self._rows[:count].copy()))
+                parts.append(take(count))
             consumed = self._consumed[0]
             start += consumed
             # Short of room, C stops between sentences: go on from there.
@@ -308,7 +349,7 @@ class NmeaDecoder:
         if self._state.enders != enders:
             for tag in _types(self._state.enders & ~enders):
                 logger.debug("NMEA cycle ender learned: %s", tag)
-        return Fixes.concat(parts)
+        return parts
 
 
 def _types(mask: int) -> frozenset[str]:

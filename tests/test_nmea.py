@@ -7,6 +7,7 @@ gpsd on whole captures."""
 
 from __future__ import annotations
 
+import json
 from functools import reduce
 
 import pytest
@@ -268,6 +269,28 @@ def test_fixes_in_columns_are_the_fixes_one_by_one():
     lonlat = block.lonlat()
     assert lonlat[0].tolist() == [fixes[0].lon, fixes[0].lat]
     assert isinstance(block.fields()[0]["mode"], int)
+
+
+def test_fields_read_straight_from_c_are_the_fixes_of_the_block():
+    # More fixes in one feed than one call into C writes (1024), and than the
+    # decoder keeps room to write the members of: the runs are read in order.
+    data = b"".join(cycle(f"00{m:02d}{sec:02d}.00") for m in range(20)
+                    for sec in range(60))[:-200]
+    fixes, _ = decode(data)
+    d = NmeaDecoder()
+    got = d.feed_fields(data) + d.flush_fields()
+    assert len(got) == len(fixes) > 1100
+    assert [{"class": "TPV", **f} for f, _ in got] == [f.to_tpv() for f in fixes]
+    for fields, members in got:
+        assert members == json.dumps(fields, separators=(",", ":"))[1:-1]
+    # A cycle at a time, as MQTT brings them: the same fixes as one block,
+    # less what the last cycle still holds.
+    d = NmeaDecoder()
+    few = d.feed_fields(cycle("120000.00")) + d.feed_fields(cycle("120001.00"))
+    assert [{"class": "TPV", **f} for f, _ in few] == \
+        [f.to_tpv() for f in decode(cycle("120000.00") + cycle("120001.00")[:-1])[0]]
+    assert len(few) >= 2
+    assert d.feed_fields(b"") == [] and NmeaDecoder().flush_fields() == []
 
 
 def test_values_are_rounded_to_gpsd_json_precision():

@@ -33,6 +33,8 @@ so the captures' line noise stays between whole lines.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -101,10 +103,25 @@ def compare(gpsd: list[dict[str, Any]], ours: list[dict[str, Any]]
     return min(len(gpsd), len(ours)), fields, mismatches
 
 
+@functools.cache
+def _gpsd(name: str) -> list[dict[str, Any]]:
+    return gpsd_tpvs(capture(name))
+
+
+def _ours_in_pieces(data: bytes, size: int) -> list[tuple[dict[str, Any], str]]:
+    """Fields and members as the daemon reads them from C, fed ``size`` bytes
+    at a time."""
+    decoder = NmeaDecoder()
+    got = []
+    for k in range(0, len(data), size):
+        got += decoder.feed_fields(data[k:k + size])
+    return got + decoder.flush_fields()
+
+
 @pytest.mark.parametrize("name", list(CAPTURES))
 def test_fixes_agree_with_gpsd_fix_by_fix(name: str) -> None:
     data = capture(name)
-    theirs = gpsd_tpvs(data)
+    theirs = _gpsd(name)
     ours = _ours(_as_gpsd_sees(data))
     fixes, fields, mismatches = compare(theirs, ours)
     assert not mismatches, f"{name}: {len(mismatches)} of {fields} fields differ: " \
@@ -113,6 +130,20 @@ def test_fixes_agree_with_gpsd_fix_by_fix(name: str) -> None:
     # Each capture carries what it is there for: the fixes are not all alike.
     assert {t["mode"] for t in theirs} >= {3}
     assert any("time" in t for t in theirs) and any("lat" in t for t in theirs)
+
+
+@pytest.mark.parametrize("name", list(CAPTURES))
+@pytest.mark.parametrize("size", [97, 1 << 20])
+def test_fixes_read_straight_from_c_agree_with_gpsd(name: str, size: int) -> None:
+    # feed_fields skips the block of columns: what it reads from C's output
+    # must still be gpsd's fixes, in pieces that cut sentences anywhere too.
+    got = _ours_in_pieces(_as_gpsd_sees(capture(name)), size)
+    fixes, fields, mismatches = compare(_gpsd(name), [{"class": "TPV", **f} for f, _ in got])
+    assert not mismatches, f"{name}: {len(mismatches)} of {fields} fields differ: " \
+                           f"{mismatches[:5]}"
+    assert fixes == len(got) >= 20
+    for fields_, members in got:  # the members are the fields as json writes them
+        assert members == json.dumps(fields_, separators=(",", ":"))[1:-1]
 
 
 def test_the_captures_cover_the_fields_and_the_situations() -> None:
