@@ -44,6 +44,7 @@ FLAGS = ("-g", "-O1", "-std=c99", "-fsanitize=fuzzer,address,undefined",
 TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "nmea": (("gw_nmea.c", "gw_geoid.c"), ("m",)),
     "lzf": (("gw_lzf.c",), ()),
+    "tpv": (("gw_tpv.c",), ("m",)),
     # gw_points.c takes its orientation test from gw_zones.c.
     "points": (("gw_points.c", "gw_zones.c"), ("geos_c", "m")),
     # fuzz_zones.c includes gw_zones.c itself; gw_geos.c builds the query polygons
@@ -161,6 +162,18 @@ def _lzf_seeds() -> dict[str, bytes]:
     return seeds
 
 
+def _tpv_seeds() -> dict[str, bytes]:
+    return {
+        "gpsd": b'{"class":"TPV","device":"/dev/ttyACM0","mode":3,'
+                b'"time":"2024-05-01T12:00:00.000Z","lat":48.117300000,"lon":11.516666667,'
+                b'"altHAE":592.300,"alt":545.400,"track":84.4000,"speed":11.524,'
+                b'"climb":0.000,"eph":15.200,"epv":1.5}',
+        "spaced": b' { "class" : "TPV" , "mode" : 2 , "lat" : -0.00012 , "lon" : 1e2 }\n',
+        "odd": b'{"class":"TPV","mode":-0,"lat":0,"lon":-0.0,"altMSL":null,'
+               b'"alt":12345678901234567}',
+    }
+
+
 def _crafted_seeds() -> dict[str, dict[str, bytes]]:
     # Table-mode inputs (bit 1 of byte 0): each number a byte picking a value.
     square = b"\x01\x01\x84" + bytes([0, 0, 4, 0, 4, 4, 0, 4])  # one polygon, one ring
@@ -180,7 +193,7 @@ def _crafted_seeds() -> dict[str, dict[str, bytes]]:
 
 
 def write_seeds(target: str, into: Path) -> None:
-    seeds = {"nmea": _nmea_seeds, "lzf": _lzf_seeds}.get(target, dict)()
+    seeds = {"nmea": _nmea_seeds, "lzf": _lzf_seeds, "tpv": _tpv_seeds}.get(target, dict)()
     seeds.update(_crafted_seeds().get(target, {}))
     into.mkdir(parents=True, exist_ok=True)
     for name, data in seeds.items():

@@ -522,12 +522,13 @@ class Daemon:
         if head == b"{":
             ticket.stream = None  # a TPV is a fix of its own: no cycle holds it
             try:
-                tpv = ingest.gps_json_tpv(payload)
+                tpv, members = ingest.gps_json_fix(payload)
             except DecodeError as exc:
                 return [ingest.dead(source, records.input_digest(payload), received_at,
                                     exc.reason, str(exc), tokens=(ticket,))], ()
             # One message, one fix: its id comes from the message's bytes.
-            return stream.tpv(tpv, received_at, ticket, records.input_digest(payload)), ()
+            return stream.tpv(tpv, received_at, ticket, records.input_digest(payload),
+                              members), ()
         self._last_data[source] = time.monotonic()
         before = stream.decoder.bad_checksums
         items, released = stream.nmea(payload, received_at, ticket)

@@ -18,6 +18,8 @@ import hashlib
 import json
 import json.scanner
 import math
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from gatewayd import geometry, records
+from gatewayd._native import ffi, lib
 from gatewayd.config import Config
 from gatewayd.errors import DecodeError, GatewayError, InputTooLarge
 from gatewayd.nmea import NmeaDecoder
 from gatewayd.pipeline import DeadItem, FixItem, FrameItem, Item, PolygonItem, origin
 
-__all__ = ["GpsStream", "Limits", "dead", "frame_items", "gps_json_tpv", "polygon_items"]
+__all__ = ["GpsStream", "Limits", "dead", "frame_items", "gps_json_fix", "gps_json_tpv",
+           "polygon_items"]
 
 Tokens = tuple[object, ...]
 
@@ -165,6 +169,62 @@ def gps_json_tpv(data: bytes) -> dict[str, Any]:
     """A gpsd TPV object or an OwnTracks location, as TPV fields.
 
     Raises DecodeError for anything else, or a position out of range."""
+    return gps_json_fix(data)[0]
+
+
+def gps_json_fix(data: bytes) -> tuple[dict[str, Any], str | None]:
+    """``gps_json_tpv(data)``, and the same fields but "class" as JSON members
+    (as ``records.dumps`` writes them) where they come at no extra cost: a
+    TPV of the plain shape is read in C (gw_tpv_parse) and its members are
+    written from the values read; anything else is read by Python's json
+    (None)."""
+    fix = ffi.new("gw_tpv *")
+    if lib.gw_tpv_parse(data if type(data) is bytes else ffi.from_buffer("uint8_t[]", data),
+                        len(data), fix):
+        return _plain_tpv(data, fix)
+    return _json_tpv(data), None
+
+
+# gw_tpv's values, by bit of gw_tpv.present, with "alt" named altMSL where
+# the document has no "altMSL" (bit 13 of a plan's key says it has one).
+_TPV_ALT = _TPV_NUMBERS.index("alt")
+_Plan = tuple[tuple[str, ...], Callable[[Sequence[float]], Sequence[float]], str]
+_tpv_plans: dict[int, _Plan] = {}
+
+
+def _tpv_plan(key: int) -> _Plan:
+    index = [k for k in range(len(_TPV_NUMBERS)) if key >> k & 1]
+    names = tuple("altMSL" if k == _TPV_ALT and not key >> len(_TPV_NUMBERS) & 1
+                  else _TPV_NUMBERS[k] for k in index)
+    pick: Callable[[Sequence[float]], Sequence[float]] = \
+        operator.itemgetter(*index) if len(index) > 1 else \
+        (lambda values: tuple(values[k] for k in index))  # one: itemgetter gives no tuple
+    # repr of a float is what json writes; a plain TPV's values are finite.
+    template = "".join(f',"{name}":{{!r}}' for name in names)
+    plan = _tpv_plans[key] = (names, pick, template)
+    return plan
+
+
+def _plain_tpv(data: bytes, fix: Any) -> tuple[dict[str, Any], str]:
+    mode = fix.mode
+    tpv: dict[str, Any] = {"class": "TPV", "mode": mode}
+    start = fix.time_start
+    if start >= 0:
+        # Printable ASCII without quotes or backslashes: json writes it as it is.
+        tpv["time"] = time = data[start:start + fix.time_len].decode("ascii")
+    key = fix.present | fix.alt_msl_named << len(_TPV_NUMBERS)
+    names, pick, template = _tpv_plans.get(key) or _tpv_plan(key)
+    values = pick(ffi.unpack(fix.values, len(_TPV_NUMBERS))) if names else ()
+    tpv.update(zip(names, values))
+    size = fix.members_len
+    if size >= 0:
+        return tpv, ffi.unpack(fix.members, size).decode("ascii")
+    head = f'"mode":{mode},"time":"{time}"' if start >= 0 else f'"mode":{mode}'
+    return tpv, head + template.format(*values)
+
+
+def _json_tpv(data: bytes) -> dict[str, Any]:
+    # gps_json_tpv, by Python's json: any document.
     try:
         doc = _json_object(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -298,13 +358,13 @@ class GpsStream:
         return out, ()
 
     def tpv(self, tpv: dict[str, Any], received_at: str, token: object | None = None,
-            input_sha256: str | None = None) -> list[Item]:
+            input_sha256: str | None = None, members: str | None = None) -> list[Item]:
         """A fix of its own (gpsd TPV or OwnTracks JSON). ``input_sha256``: of
         the message it came in, where it came alone; else it is named by its
-        content."""
+        content. ``members``: as ``gps_json_fix`` gives them."""
         tokens = () if token is None else (token,)
         digest = _tpv_digest(tpv) if input_sha256 is None else input_sha256
-        return [FixItem(origin(self.source, digest, 0, received_at, tokens), tpv)]
+        return [FixItem(origin(self.source, digest, 0, received_at, tokens), tpv, members)]
 
 
 def too_large(source: str, size: int, limit: int, received_at: str,

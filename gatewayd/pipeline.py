@@ -80,7 +80,7 @@ class FixItem(NamedTuple):
     origin: _Origin
     tpv: dict[str, Any]  # gpsd TPV fields as the decoder gave them
     # The same but "class" as JSON members, as ``records.dumps`` writes them,
-    # where the decoder wrote them already (NMEA's, in C).
+    # where the decoder wrote them already (NMEA's, and a plain TPV's).
     members: str | None = None
 
 

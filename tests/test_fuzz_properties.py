@@ -47,7 +47,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from gatewayd.config import load_config, render_config
 from gatewayd.errors import ConfigError, DecodeError, GatewayError
 from gatewayd.geojson import decode_geojson
-from gatewayd.ingest import gps_json_tpv
+from gatewayd.ingest import _json_tpv, gps_json_fix, gps_json_tpv
 from gatewayd.las import decode_las
 from gatewayd.nmea import MAX_SENTENCE, NmeaDecoder
 from gatewayd.pcd import decode_pcd, encode_pcd
@@ -828,6 +828,125 @@ def gps_bytes(draw: st.DrawFn) -> bytes:
 def test_gps_json_refuses_anything_else_with_decode_errors_only(data):
     result = outcome(lambda: gps_json_tpv(data))
     assert isinstance(result, dict | BaseException)
+
+
+# A plain TPV is read in C (gw_tpv_parse), anything else by Python's json:
+# the two must agree on every document, and the members C writes must be
+# what json.dumps writes of the fields.
+
+_TPV_KEYS = ["class", "mode", "time", "lat", "lon", "alt", "altMSL", "altHAE", "speed", "track",
+             "climb", "magvar", "eph", "epx", "epy", "epv", "device", "tag"]
+
+
+@st.composite
+def number_literals(draw: st.DrawFn, limit: float | None = None) -> str:
+    """JSON number text (and some that is not JSON), spelled as publishers
+    spell them; ``limit``: of a value's magnitude, mostly."""
+    value = draw(st.floats(-limit, limit) if limit is not None else
+                 st.floats(allow_nan=False, allow_infinity=False) |
+                 st.floats(-200, 200) | st.integers(-10**20, 10**20).map(float))
+    how = draw(st.sampled_from(["repr", "fixed", "exp", "g", "int", "odd"]))
+    digits = draw(st.integers(0, 20))
+    if how == "repr":
+        return repr(value)
+    if how == "fixed":
+        return f"{value:.{digits}f}"
+    if how == "exp":
+        return f"{value:.{digits}e}"
+    if how == "g":
+        return f"{value:.{digits}g}"
+    if how == "int":
+        return str(draw(st.integers(-10**30, 10**30)))
+    return draw(st.sampled_from(["-0", "-0.0", "0.0000", "0.0001", "0.00001", "1E5", "1e-7",
+                                 "-0.00010", "007", "1.", ".5", "-", "1e", "NaN", "Infinity",
+                                 "-Infinity", "1" * 16, "1" * 15 + ".5", "0." + "0" * 3 + "1" * 15,
+                                 "123456789012345.0", "1234567890123456.0", "2", "3.0", "true"]))
+
+
+@st.composite
+def tpv_texts(draw: st.DrawFn) -> bytes:
+    """A TPV as text, member by member: names repeated, values of any type,
+    whitespace anywhere JSON allows it (and some where it does not)."""
+    ws = st.sampled_from(["", "", "", "", "", "", " ", "\n", "\t ", "\r\n"])
+    values = st.one_of(
+        number_literals(),
+        st.sampled_from(['"TPV"', '"SKY"', '"2024-05-01T12:20:34.500Z"', '""', '"a\\"b"',
+                         '"\\u0054PV"', '"caf\u00e9"', '"\x7f"', "true", "false", "null",
+                         "{}", "[1,2]", '{"a":1}']),
+        st.sampled_from(["1", "2", "3", "0", "4"]))
+    members = [("class", '"TPV"')] if draw(st.integers(0, 3)) else []
+    members += draw(st.lists(st.tuples(st.sampled_from(_TPV_KEYS), values), max_size=12))
+    if draw(st.integers(0, 3)):  # mostly a position in range, as receivers send
+        members += [("lat", draw(number_literals(90))), ("lon", draw(number_literals(180)))]
+    if draw(st.booleans()):
+        draw(st.randoms()).shuffle(members)
+    text = draw(ws) + "{" + draw(ws)
+    text += ",".join(f'{draw(ws)}"{k}"{draw(ws)}:{draw(ws)}{v}{draw(ws)}' for k, v in members)
+    text += "}" + draw(ws)
+    if not draw(st.integers(0, 9)):  # whitespace JSON does not know
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + "\x0b" + text[at:]
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _agree(data: bytes) -> str | None:
+    """Checks the C reader against Python's json on ``data``; the members C
+    wrote, if it read it."""
+    ours = outcome(lambda: gps_json_fix(data))
+    theirs = outcome(lambda: _json_tpv(data))
+    if isinstance(theirs, BaseException):
+        assert isinstance(ours, DecodeError) and type(ours) is type(theirs), (data, ours, theirs)
+        return None
+    assert not isinstance(ours, BaseException), (data, ours)
+    tpv, members = ours
+    assert list(tpv.items()) == list(theirs.items()), data
+    assert [type(v) for v in tpv.values()] == [type(v) for v in theirs.values()], data
+    if members is not None:
+        _note("read in C")
+        fields = {k: v for k, v in theirs.items() if k != "class"}
+        assert members == json.dumps(fields, separators=(",", ":"))[1:-1], data
+    return members
+
+
+@fuzz(400)
+@given(data=tpv_texts())
+def test_gps_json_read_in_c_agrees_with_pythons_json(data):
+    _agree(data)
+
+
+@fuzz(200)
+@given(data=tpv_texts().flatmap(damaged))
+def test_gps_json_damaged_read_in_c_agrees_with_pythons_json(data):
+    _agree(data)
+
+
+@pytest.mark.parametrize("literal", [
+    "48.7812345", "9.18", "290.0", "290", "-0", "-0.0", "0", "0.0", "0.0001", "0.00012",
+    "0.00001", "1e-05", "1E5", "123456789012345", "1234567890123456", "0.100000000000000",
+    "48.781234500", "-180.0", "1.0000000000000002", "12345678901234.5", "0.000123456789012345",
+])
+def test_gps_json_numbers_read_in_c_are_written_as_json_writes_them(literal):
+    data = f'{{"class":"TPV","mode":3,"lat":10.5,"lon":-20.25,"altHAE":{literal},' \
+        f'"eph":{literal}}}'.encode()
+    _agree(data)
+    assert gps_json_tpv(data)["altHAE"] == float(literal)
+
+
+def test_gps_json_of_the_plain_shape_is_read_in_c():
+    # gpsd's own TPV, and the shape most publishers write: members from C.
+    gpsd = (b'{"class":"TPV","device":"/dev/ttyACM0","mode":3,"time":"2024-05-01T12:00:00.000Z",'
+            b'"ept":0.005,"lat":48.117300000,"lon":11.516666667,"altHAE":592.300,'
+            b'"altMSL":545.400,"alt":545.400,"track":84.4000,"magtrack":86.2000,"speed":11.524,'
+            b'"climb":0.000,"eps":2.34,"epc":1.23,"geoidSep":46.900,"eph":15.200,"sep":21.400}')
+    members = _agree(gpsd)
+    assert members is not None and members.startswith('"mode":3,"time":"2024-05-01T12')
+    tpv = gps_json_tpv(gpsd)
+    assert tpv["altMSL"] == 545.4 and tpv["alt"] == 545.4 and "geoidSep" not in tpv
+    # Escapes, nesting, another class: Python's json reads them, as before.
+    for other in (b'{"class":"TPV","time":"2024\\u002d05","lat":1,"lon":2}',
+                  b'{"class":"TPV","lat":1,"lon":2,"sky":[1,2]}',
+                  b'{"_type":"location","lat":1,"lon":2,"tst":0}'):
+        assert _agree(other) is None and gps_json_tpv(other)["lat"] == 1.0
 
 
 # ---- configuration --------------------------------------------------------

@@ -191,6 +191,24 @@ int64_t gw_fix_json(const gw_fix *fixes, int64_t n, char *out, int64_t cap,
 double gw_geoid_separation(double lat, double lon);
 double gw_magnetic_variation(double lat, double lon);
 
+/* ---- gpsd TPV JSON, the plain shape (gw_tpv.c) ---- */
+/* values: lat lon altMSL altHAE alt speed track climb magvar eph epx epy epv */
+#define GW_TPV_NUMBERS 13
+
+typedef struct gw_tpv {
+    int32_t mode; /* 1, 2 or 3 */
+    uint32_t present; /* bit k: values[k] is the document's (finite) number */
+    int32_t alt_msl_named; /* the document has an "altMSL": "alt" keeps its name */
+    int64_t time_start; /* the time string's bytes in the input; -1: none */
+    int64_t time_len;
+    double values[13];
+    int64_t members_len; /* -1: Python writes the members */
+    char members[320]; /* the fields but "class", as JSON members (no NUL) */
+} gw_tpv;
+
+/* 1: the document read into out; 0: one for Python's json to read. */
+int gw_tpv_parse(const uint8_t *buf, int64_t n, gw_tpv *out);
+
 /* ---- LZF (PCD binary_compressed) ---- */
 int64_t gw_lzf_decompress(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);
 
