@@ -11,9 +11,12 @@ or not the packet carries any, an ``MQTTMessage`` with a
 - reads are buffered: one ``recv`` of up to ``recv_size`` bytes serves many
   packets, and ``read_packets()`` takes the whole packets it holds straight
   from the buffer (``buffered()`` says whether parsed-later bytes are held,
-  which no readiness event announces). A packet that is not all there yet,
-  or a large one, goes through paho's reader, whose ``recv`` calls the buffer
-  serves first; large bodies are read straight from the socket.
+  which no readiness event announces). A run of whole plain PUBLISH and
+  PUBACK packets is found in C (gw_mqtt_scan), which says where each one's
+  parts are; any other packet is parsed here one at a time. A packet that is
+  not all there yet, or a large one, goes through paho's reader, whose
+  ``recv`` calls the buffer serves first; large bodies are read straight
+  from the socket.
 - a PUBLISH of QoS 0 or 1 without properties goes straight to
   ``on_fast_message(topic, payload, qos, retain, mid, dup)`` as plain values;
 - ``publish_lean()`` makes a QoS 1 PUBLISH without properties as bytes, and
@@ -56,6 +59,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gatewayd._native import ffi, lib
+
 __all__ = ["FastMessage", "LeanClient", "LeanDone"]
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -70,6 +75,7 @@ _V5 = MQTTProtocolVersion.MQTTv5
 _CONNECTED = _ConnectionState.MQTT_CS_CONNECTED
 _MAX_PACKET = 268_435_455  # the largest remaining length MQTT can say
 _QUEUE_FULL = "the queue of publishes is full"  # a lean publish's refusal
+_RUN = 128  # packets gw_mqtt_scan finds in one call, at most
 
 # A successful PUBACK carries nothing else: one reason code and one empty set of
 # properties serve them all (on_publish only reads them).
@@ -134,6 +140,8 @@ class LeanClient(paho.Client):
         self._rbuf = b""
         self._rpos = 0
         self._rsock: Any = None
+        self._run = ffi.new("int64_t[]", _RUN * lib.GW_MQTT_ENTRY)  # gw_mqtt_scan's entries
+        self._run_end = ffi.new("int64_t *")
         # lean publishes awaiting their PUBACK, oldest first, by packet id
         self._lean: dict[int, _Lean] = {}
         self._lean_unsent: collections.deque[int] = collections.deque()  # in order
@@ -379,6 +387,15 @@ class LeanClient(paho.Client):
                 self._rbuf, self._rpos, pos = buf, 0, 0
                 with self._msgtime_mutex:
                     self._last_bytes_received = paho.time_func()
+            if not self._in_packet["command"]:
+                done, rc, halt = self._read_run(sock, buf, pos, budget - n, stop)
+                n += done
+                if rc != _OK:
+                    return self._loop_rc_handle(rc), n
+                if halt:
+                    break
+                if done:
+                    continue
             rc = self._read_one(buf, pos)
             if rc == _AGAIN:
                 return _AGAIN, n
@@ -389,6 +406,41 @@ class LeanClient(paho.Client):
                 break
         self.lean_send()
         return rc, n
+
+    def _read_run(self, sock: Any, buf: bytes, pos: int, budget: int,
+                  stop: Callable[[], bool] | None) -> tuple[int, MQTTErrorCode, bool]:
+        """Handles the run of whole plain PUBLISH and PUBACK packets at
+        ``pos``, up to ``budget`` of them, as ``_read_one`` would one by one:
+        (how many, the error that ends the link or MQTT_ERR_SUCCESS, whether
+        to stop reading: ``stop()`` said so, or the link is gone)."""
+        deliver = self.on_fast_message
+        count = lib.gw_mqtt_scan(buf, len(buf), pos, self._protocol == _V5,
+                                 deliver is not None, self._run, min(budget, _RUN),
+                                 self._run_end)
+        if not count:
+            return 0, _OK, False
+        entries = iter(ffi.unpack(self._run, count * lib.GW_MQTT_ENTRY))
+        done = 0
+        for header, a, b, c, d, e, end in zip(entries, entries, entries, entries, entries,
+                                              entries, entries):
+            self._rpos = end
+            done += 1
+            if header & 0xF0 == _PUBLISH:
+                assert deliver is not None
+                # topic [a:b], packet id c, payload [d:e]
+                deliver(buf[a:b], buf[d:e], (header & 0x06) >> 1, bool(header & 0x01), c,
+                        bool(header & 0x08))
+                if c and not self._manual_ack:
+                    rc = self._send_puback(c)
+                    if rc != _OK:
+                        return done, rc, False
+            elif not self._lean_acked(a, b):  # packet id a, reason b, body [d:e]
+                rc = self._handle_whole(header, e - d, buf, d, e)
+                if rc != _OK:
+                    return done, rc, False
+            if self._sock is not sock or (stop is not None and stop()):
+                return done, _OK, True
+        return done, _OK, False
 
     def _read_one(self, buf: bytes, pos: int) -> MQTTErrorCode:
         """Handles the packet at ``pos`` if it is whole in the buffer, else
@@ -424,6 +476,11 @@ class LeanClient(paho.Client):
                 self._lean_acked((buf[start] << 8) | buf[start + 1],
                                  buf[start + 2] if length >= 3 else 0):
             return _OK
+        return self._handle_whole(command, length, buf, start, end)
+
+    def _handle_whole(self, command: int, length: int, buf: bytes, start: int, end: int
+                      ) -> MQTTErrorCode:
+        """Hands a whole packet (its body ``buf[start:end]``) to paho's handler."""
         # paho's handlers read the packet from _in_packet, as its reader leaves it.
         self._in_packet = packet = _fresh_in_packet()
         packet["command"] = command

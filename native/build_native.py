@@ -25,7 +25,7 @@ _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE.parent
 _CDEF_ORDER = ("geos.h", "proj.h", "gateway.h")
 _SOURCES = ("gw_geos.c", "gw_zones.c", "gw_points.c", "gw_proj.c", "gw_nmea.c", "gw_geoid.c",
-            "gw_lzf.c", "gw_tpv.c")
+            "gw_lzf.c", "gw_tpv.c", "gw_mqtt.c")
 
 
 def _pkg_config(package: str, flag: str) -> list[str]:

@@ -714,3 +714,130 @@ def test_valid_topic_level_accepts_plain_names(text: str) -> None:
                                   "\x7f", "a" * 65])
 def test_valid_topic_level_refuses_separators_wildcards_and_control_chars(text: str) -> None:
     assert not valid_topic_level(text)
+
+
+# ---- packets read in a run (gw_mqtt_scan) ----
+# Packets are written here by hand from the MQTT 3.1.1 and 5.0 specifications
+# (section 2 of each: fixed header, remaining length, variable header).
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, byte = n >> 7, n & 0x7F
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish(topic: bytes, payload: bytes, qos: int = 1, mid: int = 7, *, v5: bool = True,
+             properties: bytes = b"", retain: bool = False, dup: bool = False) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    if v5:
+        body += _varint(len(properties)) + properties
+    body += payload
+    header = 0x30 | qos << 1 | (0x08 if dup else 0) | (0x01 if retain else 0)
+    return bytes((header,)) + _varint(len(body)) + body
+
+
+def _puback(mid: int, reason: int | None = None, properties: bytes | None = None) -> bytes:
+    body = mid.to_bytes(2, "big")
+    if reason is not None:
+        body += bytes((reason,))
+    if properties is not None:
+        body += _varint(len(properties)) + properties
+    return bytes((0x40,)) + _varint(len(body)) + body
+
+
+def _scan(buf: bytes, pos: int = 0, *, v5: bool = True, capacity: int = 64
+          ) -> tuple[list[tuple[Any, ...]], int]:
+    """gw_mqtt_scan's run at ``pos``: PUBLISH entries as (topic, payload,
+    header, mid), PUBACK ones as (mid, reason, body), and where it stopped."""
+    from gatewayd._native import ffi, lib
+
+    out = ffi.new("int64_t[]", capacity * lib.GW_MQTT_ENTRY)
+    end = ffi.new("int64_t *")
+    count = lib.gw_mqtt_scan(buf, len(buf), pos, v5, True, out, capacity, end)
+    got = []
+    for k in range(count):
+        h, a, b, c, d, e, stop = out[k * 7:k * 7 + 7]
+        if h & 0xF0 == 0x30:
+            got.append((buf[a:b], buf[d:e], h, c))
+        else:
+            got.append((a, b, buf[d:e]))
+        pos = stop
+    assert end[0] == pos
+    return got, pos
+
+
+def test_a_run_of_plain_packets_is_read_whole_and_stops_before_anything_else() -> None:
+    big = bytes(range(256)) * 80  # 20 480 bytes: a three-byte remaining length
+    plain = [_publish(b"gw/in/gps/a", b"x" * 100), _puback(9), _puback(10, 0),
+             _publish(b"t", big, qos=0, retain=True), _puback(11, 0x80, b""),
+             _publish(b"t/2", b"", dup=True, mid=65535)]
+    got, end = _scan(b"".join(plain))
+    assert got == [(b"gw/in/gps/a", b"x" * 100, 0x32, 7), (9, 0, b"\x00\x09"),
+                   (10, 0, b"\x00\x0a\x00"), (b"t", big, 0x31, 0),
+                   (11, 0x80, b"\x00\x0b\x80\x00"), (b"t/2", b"", 0x3A, 65535)]
+    assert end == len(b"".join(plain))
+    # Each of these ends the run before it: Python reads it (paho, where it must).
+    for other in (_publish(b"t", b"p", properties=b"\x01\x01"),  # properties
+                  _publish(b"", b"p", properties=b"\x23\x00\x01"),  # a topic alias
+                  _publish(b"t", b"p", qos=2),
+                  b"\xd0\x00",  # PINGRESP
+                  b"\x90\x04\x00\x01\x00\x01",  # SUBACK
+                  b"\x36\x05\x00\x01t\x00",  # QoS 3: malformed
+                  b"\x32\x02\x00\x09",  # a topic longer than the packet
+                  b"\x32\xff\xff\xff\xff\x01"):  # a remaining length of five bytes
+        buf = plain[0] + other + plain[1]
+        assert _scan(buf) == ([got[0]], len(plain[0])), other
+        assert _scan(buf, len(plain[0])) == ([], len(plain[0])), other
+    for cut in range(1, len(plain[1]) + 1):  # not all here yet
+        buf = plain[0] + plain[1][:-cut]
+        assert _scan(buf) == ([got[0]], len(plain[0])), cut
+    # MQTT 3.1.1: no properties; a PUBACK is two bytes.
+    v3 = _publish(b"a", b"b", v5=False) + _puback(3)
+    assert _scan(v3, v5=False)[0] == [(b"a", b"b", 0x32, 7), (3, 0, b"\x00\x03")]
+    assert _scan(_puback(3, 0) + v3, v5=False) == ([], 0)
+    # No more than asked for at once.
+    assert _scan(b"".join(plain), capacity=2) == (got[:2], len(plain[0] + plain[1]))
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_drain_reads_runs_and_single_packets_alike(
+        mosquitto_module: Broker, protocol: str) -> None:
+    # QoS 0 and 1 without properties go through the run; with properties, and
+    # QoS 2, through paho: all arrive, whole, once each, and QoS 1's in order.
+    import paho.mqtt.client as paho_client
+    from paho.mqtt.properties import Properties
+
+    s = settings(mosquitto_module, protocol=protocol)
+    topic = f"run/{uuid.uuid4().hex}"
+    sent: list[bytes] = []
+
+    async def main() -> list[bytes]:
+        client, inbox = client_with_inbox(s, [(topic, 2)])
+        async with client:
+            await client.wait_ready()
+            version = paho_client.MQTTv5 if protocol == "5" else paho_client.MQTTv311
+            pub = paho_client.Client(paho_client.CallbackAPIVersion.VERSION2, protocol=version)
+            pub.connect(mosquitto_module.host, mosquitto_module.port)
+            pub.loop_start()
+            try:
+                for k in range(600):
+                    payload = b"%d" % k + b"." * (k * 37 % 3000)
+                    sent.append(payload)
+                    props = None
+                    if protocol == "5" and k % 50 == 0:
+                        props = Properties(paho_client.PacketTypes.PUBLISH)
+                        props.UserProperty = ("k", str(k))
+                    pub.publish(topic, payload, qos=(0, 1, 1, 2)[k % 4], properties=props)
+                await asyncio.wait_for(inbox.until(len(sent)), 20)
+            finally:
+                pub.loop_stop()
+                pub.disconnect()
+            return inbox.payloads
+
+    got = arun(main(), timeout=30)
+    assert sorted(got) == sorted(sent)
+    qos1 = {p for k, p in enumerate(sent) if k % 4 in (1, 2)}
+    assert [p for p in got if p in qos1] == [p for p in sent if p in qos1]

@@ -209,6 +209,14 @@ typedef struct gw_tpv {
 /* 1: the document read into out; 0: one for Python's json to read. */
 int gw_tpv_parse(const uint8_t *buf, int64_t n, gw_tpv *out);
 
+/* ---- MQTT packets read in a run (gw_mqtt.c) ---- */
+/* An entry: header, then for a PUBLISH topic start and end, packet id,
+ * payload start and end; for a PUBACK packet id, reason code, 0, body start
+ * and end; then where the packet ends. Offsets are into buf. */
+#define GW_MQTT_ENTRY 7
+int64_t gw_mqtt_scan(const uint8_t *buf, int64_t n, int64_t pos, int v5, int publishes,
+                     int64_t *out, int64_t capacity, int64_t *end);
+
 /* ---- LZF (PCD binary_compressed) ---- */
 int64_t gw_lzf_decompress(const uint8_t *in, int64_t in_len, uint8_t *out, int64_t out_len);
 
