@@ -40,7 +40,7 @@ from typing import Any
 from gatewayd import __version__, geometry, ingest, processing, records
 from gatewayd.config import Config, load_config
 from gatewayd.errors import DecodeError, GatewayError
-from gatewayd.pipeline import Item, Pipeline, PipelineSettings
+from gatewayd.pipeline import Item, Output, Pipeline, PipelineSettings
 from gatewayd.replay import zones_dir
 from gatewayd.results import ResultSender
 from gatewayd.spill import SerialBacklog
@@ -360,6 +360,7 @@ class Daemon:
             crs_to=config.crs.target, queue_size=config.pipeline.queue_size,
             chunk_size=config.pipeline.chunk_size, voxel_size=config.lidar.voxel_size_m,
             in_flight=2 * config.workers, zone_lookup=bool(config.zones.file),
+            lines=True,  # _emit_many reads a fix record's kind, source and id only
         )
 
     @staticmethod
@@ -691,18 +692,19 @@ class Daemon:
 
     # ---- results out ----
 
-    async def _emit(self, record: dict[str, Any], tokens: tuple[object, ...]) -> None:
+    async def _emit(self, record: Any, tokens: tuple[object, ...]) -> None:
         await self._emit_many([(record, tokens)])
 
-    async def _emit_many(self, outputs: list[tuple[dict[str, Any], tuple[object, ...]]]
-                         ) -> None:
+    async def _emit_many(self, outputs: list[Output]) -> None:
         """Publishes a chunk's records, in order."""
         topics = self._out_topics
         sends: list[tuple[str, bytes, tuple[object, ...], str]] = []
         out: dict[tuple[str, str], int] = {}
         for record, tokens in outputs:
-            kind = record["kind"]
-            source = record["source"]
+            if isinstance(record, records.LineRecord):  # a fix: its line is all there is
+                kind, source, record_id = record.kind, record.source, record.id
+            else:
+                kind, source, record_id = record["kind"], record["source"], record["id"]
             topic = topics.get((kind, source))
             if topic is None:
                 if len(topics) >= 4096:  # sources come and go: the memo stays bounded
@@ -713,6 +715,7 @@ class Daemon:
                     f"{prefix}/out/{_OUT_KIND.get(kind, kind)}/{source}"
             if kind == "dead_letter":
                 self._counts["dead_letters"] += 1
+                assert not isinstance(record, records.LineRecord)
                 self._metrics.dead_letter(record["reason"])
             else:
                 key = (source, _OUT_KIND.get(kind, kind))
@@ -720,8 +723,9 @@ class Daemon:
             if self._audit is not None:
                 from gatewayd.audit import lineage_event
 
-                self._audit.append(lineage_event(record))
-            sends.append((topic, records.dumps(record).encode(), tokens, record["id"]))
+                self._audit.append(lineage_event(
+                    record.fields() if isinstance(record, records.LineRecord) else record))
+            sends.append((topic, records.dumps(record).encode(), tokens, record_id))
         self._results.send_many(sends)
         self._counts["records"] += len(outputs)
         self._progress += len(outputs)

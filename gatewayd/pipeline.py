@@ -167,6 +167,9 @@ class PipelineSettings:
     points_dir: str | None = None
     # Whether workers hold a zone index: then fixes need a worker even in lon/lat.
     zone_lookup: bool = True
+    # Fix records as their lines only (records.LineRecord), for an emitter that
+    # sends them and reads nothing else of them: no dict is made.
+    lines: bool = False
 
 
 @dataclass(slots=True)
@@ -193,8 +196,8 @@ class PipelineStats:
 
 
 # Each record goes out with the tokens of the items it was made from.
-Emit = Callable[[Record, tuple[object, ...]], Awaitable[None]]
-Output = tuple[Record, tuple[object, ...]]
+Emit = Callable[[Record | records.LineRecord, tuple[object, ...]], Awaitable[None]]
+Output = tuple[Record | records.LineRecord, tuple[object, ...]]
 # A chunk's records at once, in order (the daemon publishes them together).
 EmitMany = Callable[[list[Output]], Awaitable[None]]
 WritePoints = Callable[[Record, Any], Awaitable[None]]
@@ -379,7 +382,7 @@ class Pipeline:
         by_input: dict[tuple[str, str], list[Item]] = {}
         for _, item in batch:
             by_input.setdefault((item.origin.source, item.origin.input_sha256), []).append(item)
-        out = []
+        out: list[Output] = []
         for group in by_input.values():
             ids = [record_id for i in group for record_id in (
                 i.item_ids() if isinstance(i, FixBatch) else
@@ -401,7 +404,7 @@ class Pipeline:
         lonlat = np.array([[i.tpv.get("lon", np.nan), i.tpv.get("lat", np.nan)] for i in items],
                           dtype=np.float64).reshape(-1, 2)
         xy, zones = await self._place(lonlat)
-        fix_records = _FixRecords(self.settings.crs_to)
+        fix_records = _FixRecords(self.settings.crs_to, lines=self.settings.lines)
         record_id, make = records.record_id, fix_records.make
         out: list[Output] = []
         for item, (x, y), z in zip(items, xy, zones):
@@ -566,8 +569,9 @@ def _tpv_members(tpv: dict[str, Any]) -> str:
 class _FixRecords:
     """gps_fix records of one chunk: they share its time of processing."""
 
-    def __init__(self, crs_to: str) -> None:
+    def __init__(self, crs_to: str, *, lines: bool = False) -> None:
         self.crs_to = crs_to
+        self.lines = lines  # make() gives records.LineRecord
         self.processed_at = records.utc_now()
         # What the records' lineages share, and the members of the line all of
         # the chunk's records share, encoded once.
@@ -580,19 +584,16 @@ class _FixRecords:
         self._zone_json: dict[tuple[str, ...], str] = {}
 
     def make(self, o: _Origin, record_id: str, tpv: dict[str, Any], x: float, y: float,
-             zones: Sequence[str], members: str | None = None) -> Record:
+             zones: Sequence[str], members: str | None = None
+             ) -> Record | records.LineRecord:
         """A record of a fix's TPV fields (all but "class"), made with its
-        JSON line (see ``records.Record``); ``members``: those fields as
-        JSON members, where they are written already."""
-        input_sha256 = o.input_sha256
-        lineage = {"input_sha256": input_sha256}
-        lineage.update(self._lineage_rest)
-        rec: dict[str, Any] = {"kind": "gps_fix", "id": record_id, "source": o.source,
-                               "received_at": o.received_at,
-                               "processed_at": self.processed_at, "lineage": lineage}
-        rec.update(tpv)
-        rec.pop("class", None)
+        JSON line (see ``records.Record``), or as that line alone (``lines``);
+        ``members``: those fields as JSON members, where they are written
+        already."""
         if not _FIX_OWN.isdisjoint(tpv):  # no TPV field is one: never so far
+            rec = self._head(o, record_id)
+            rec.update(tpv)
+            rec.pop("class", None)
             rec.update(self._tail(x, y, zones))
             return rec
         if members is None:
@@ -600,27 +601,45 @@ class _FixRecords:
         # Ids and digests are hex: nothing in them to escape.
         parts = ['{"kind":"gps_fix","id":"', record_id, '","source":', _json_str(o.source),
                  ',"received_at":', _json_str(o.received_at), self._after_source,
-                 ',"lineage":{"input_sha256":"', input_sha256, self._lineage_tail]
+                 ',"lineage":{"input_sha256":"', o.input_sha256, self._lineage_tail]
         if members:
             parts += (",", members)
-        return self._finish(rec, "".join(parts), x, y, zones)
+        line = self._line_tail("".join(parts), x, y, zones)
+        if self.lines:
+            return records.LineRecord("gps_fix", record_id, o.source, line)
+        rec = self._head(o, record_id)
+        rec.update(tpv)
+        rec.pop("class", None)
+        return self._finish(rec, line, x, y, zones)
+
+    def _head(self, o: _Origin, record_id: str) -> dict[str, Any]:
+        lineage = {"input_sha256": o.input_sha256}
+        lineage.update(self._lineage_rest)
+        return {"kind": "gps_fix", "id": record_id, "source": o.source,
+                "received_at": o.received_at, "processed_at": self.processed_at,
+                "lineage": lineage}
+
+    def _line_tail(self, line: str, x: float, y: float, zones: Sequence[str]) -> str:
+        """A fix record's line: what ``line`` holds, then its position in the
+        target CRS (where there is one), the CRS and the zones."""
+        if math.isfinite(x) and math.isfinite(y):
+            line += f',"x":{x!r},"y":{y!r}'
+        key = tuple(zones)
+        zones_text = self._zone_json.get(key)
+        if zones_text is None:
+            zones_text = self._zone_json[key] = records.dumps_value(list(key))
+        return f"{line}{self._crs_json}{zones_text}}}"
 
     def _finish(self, rec: dict[str, Any], line: str, x: float, y: float,
                 zones: Sequence[str]) -> Record:
-        """The record with its position in the target CRS (where there is
-        one), the CRS and the zones, after what ``rec`` and ``line`` hold."""
+        """The record, with what ``_line_tail`` wrote after ``rec``'s members,
+        made with ``line``: all of it."""
         if math.isfinite(x) and math.isfinite(y):
             rec["x"] = x
             rec["y"] = y
-            line += f',"x":{x!r},"y":{y!r}'
-        zone_list = list(zones)
         rec["crs"] = self.crs_to
-        rec["zones"] = zone_list
-        key = tuple(zone_list)
-        zones_text = self._zone_json.get(key)
-        if zones_text is None:
-            zones_text = self._zone_json[key] = records.dumps_value(zone_list)
-        return records.Record(rec, f"{line}{self._crs_json}{zones_text}}}")
+        rec["zones"] = list(zones)
+        return records.Record(rec, line)
 
     def _tail(self, x: float, y: float, zones: Sequence[str]) -> dict[str, Any]:
         tail: dict[str, Any] = {"x": x, "y": y} if math.isfinite(x) and math.isfinite(y) else {}
@@ -649,7 +668,7 @@ class _FixRecords:
             rec["id"] = record_id
             rec["lineage"] = lineage.copy()
             rec.update(fields)
-            line = f"{before_id}{record_id}{after_id}{members}"
+            line = self._line_tail(f"{before_id}{record_id}{after_id}{members}", x, y, z)
             out.append((self._finish(rec, line, x, y, z), ()))
         if o.tokens and out:
             out[-1] = (out[-1][0], o.tokens)

@@ -22,6 +22,7 @@ from gatewayd import __version__
 __all__ = [
     "DEAD_LETTER_REASONS",
     "JsonText",
+    "LineRecord",
     "Lineage",
     "Record",
     "content_digest",
@@ -223,6 +224,27 @@ class Record(dict[str, Any]):
         return dict, (dict(self),)
 
 
+class LineRecord:
+    """A record that is only its JSON line, with the members it is routed by
+    at hand: for a publisher that sends records and reads nothing else of
+    them. ``fields()`` reads the rest from the line."""
+
+    __slots__ = ("id", "kind", "line", "source")
+
+    def __init__(self, kind: str, record_id: str, source: str, line: str) -> None:
+        self.kind = kind
+        self.id = record_id
+        self.source = source
+        self.line = line
+
+    def fields(self) -> dict[str, Any]:
+        """The record as a dict, as ``Record`` would hold it."""
+        return json.loads(self.line)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"LineRecord({self.line})"
+
+
 def dumps_value(value: Any) -> str:
     """Any JSON value, as ``dumps`` writes it inside a record."""
     return _ENCODER.encode(value)
@@ -234,11 +256,11 @@ def dumps_members(value: Mapping[str, Any]) -> str:
     return dumps(value)[1:-1]
 
 
-def dumps(record: Mapping[str, Any]) -> str:
+def dumps(record: Mapping[str, Any] | LineRecord) -> str:
     """One record as a compact JSON line, as ``json.dumps`` with compact
     separators writes it. NaN never reaches a record: it would not be JSON, so
     it is refused here (ValueError) rather than written."""
-    if type(record) is Record:
+    if type(record) is Record or type(record) is LineRecord:
         return record.line
     if _encode is not None and type(record) is dict:
         return "".join(_encode(record, 0))

@@ -300,7 +300,7 @@ async def replay(config: Config, options: ReplayOptions) -> ReplaySummary:
                 total += path.stat().st_size
     progress = _Progress(total, sys.stderr if options.progress else None)
 
-    async def emit(record: dict[str, Any], tokens: tuple[object, ...]) -> None:
+    async def emit(record: dict[str, Any] | records.LineRecord, tokens: tuple[object, ...]) -> None:
         out.write(records.dumps(record) + "\n")
         summary.records += 1
         progress.records += 1

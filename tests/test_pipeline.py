@@ -261,6 +261,36 @@ def test_a_block_of_fixes_makes_the_records_single_fixes_make():
         assert [list(r) for r in out] == [list(r) for r in expected]  # the same field order
 
 
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:32632"])
+def test_fix_records_as_lines_are_the_records_lines(crs):
+    import json
+
+    from gatewayd.ingest import GpsStream, gps_json_fix
+
+    # What the daemon publishes (lines only, no dict made) is what replay
+    # writes of the same fixes: NMEA's, TPVs read in C and by Python's json.
+    stream = GpsStream("gps")
+    items = stream.nmea(_nmea(12), "t")[0]
+    for k, doc in enumerate([b'{"class":"TPV","mode":3,"lat":48.1,"lon":11.5,"speed":1.25}',
+                             b'{"class":"TPV","lat":1e-7,"lon":-0.0,"track":"x"}',
+                             b'{"_type":"location","lat":48,"lon":11,"tst":1700000000}']):
+        tpv, members = gps_json_fix(doc)
+        items += stream.tpv(tpv, "t", None, f"{k:064x}", members)
+    items.append(GpsStream("gps").tpv({"class": "TPV", "mode": 1}, "t")[0])  # no position
+    plain = _run(items, InProcessRunner(), crs_to=crs)
+    lines = _run(items, InProcessRunner(), crs_to=crs, lines=True)
+    assert len(plain) == len(lines) == len(items)
+    for rec, line in zip(plain, lines):
+        assert isinstance(line, records.LineRecord) and type(rec) is records.Record
+        assert records.dumps(line) == line.line
+        # The same but for the time each run processed its chunk at.
+        when = {"processed_at": rec["processed_at"]}
+        fields = {**line.fields(), **when}
+        assert fields == json.loads(json.dumps(rec)) == rec and list(fields) == list(rec)
+        assert json.dumps(fields, separators=(",", ":")) == records.dumps(rec)
+        assert (line.kind, line.id, line.source) == (rec["kind"], rec["id"], rec["source"])
+
+
 def test_a_live_streams_fixes_make_the_records_a_block_makes_and_are_named_by_content():
     import json
 
