@@ -178,9 +178,10 @@ def gps_json_fix(data: bytes) -> tuple[dict[str, Any], str | None]:
     TPV of the plain shape is read in C (gw_tpv_parse) and its members are
     written from the values read; anything else is read by Python's json
     (None)."""
+    if type(data) is not bytes:
+        data = bytes(data)  # a bytearray or memoryview, say: what follows slices bytes
     fix = ffi.new("gw_tpv *")
-    if lib.gw_tpv_parse(data if type(data) is bytes else ffi.from_buffer("uint8_t[]", data),
-                        len(data), fix):
+    if lib.gw_tpv_parse(data, len(data), fix):
         return _plain_tpv(data, fix)
     return _json_tpv(data), None
 

@@ -942,6 +942,7 @@ def test_gps_json_of_the_plain_shape_is_read_in_c():
     assert members is not None and members.startswith('"mode":3,"time":"2024-05-01T12')
     tpv = gps_json_tpv(gpsd)
     assert tpv["altMSL"] == 545.4 and tpv["alt"] == 545.4 and "geoidSep" not in tpv
+    assert gps_json_fix(memoryview(gpsd)) == gps_json_fix(bytearray(gpsd)) == (tpv, members)
     # Escapes, nesting, another class: Python's json reads them, as before.
     for other in (b'{"class":"TPV","time":"2024\\u002d05","lat":1,"lon":2}',
                   b'{"class":"TPV","lat":1,"lon":2,"sky":[1,2]}',
