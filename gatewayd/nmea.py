@@ -1,8 +1,10 @@
 """NMEA 0183 decoding: serial bytes in, gpsd's fixes out.
 
 Framing, checksums, fields and fix assembly run in C (``gw_nmea_decode``)
-over whole blocks; Python sees only the fixes, in columns (``Fixes``) or as
-``Fix`` objects. Fixes are assembled as the reference GPS daemon, gpsd (3.22),
+over whole blocks; Python sees only the fixes, in columns (``Fixes``), as
+``Fix`` objects, or, for input that comes a cycle or so at a time, as TPV
+fields with their JSON members, read straight from C's output
+(``feed_fields``). Fixes are assembled as the reference GPS daemon, gpsd (3.22),
 assembles them, sentence by sentence: a reporting cycle starts when the
 sentence time changes by more than 10 ms, the timed sentence seen last before
 such a change is learned as the cycle's end, and a fix is reported when that
