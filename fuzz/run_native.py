@@ -45,6 +45,7 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "nmea": (("gw_nmea.c", "gw_geoid.c"), ("m",)),
     "lzf": (("gw_lzf.c",), ()),
     "tpv": (("gw_tpv.c",), ("m",)),
+    "mqtt": (("gw_mqtt.c",), ()),
     # gw_points.c takes its orientation test from gw_zones.c.
     "points": (("gw_points.c", "gw_zones.c"), ("geos_c", "m")),
     # fuzz_zones.c includes gw_zones.c itself; gw_geos.c builds the query polygons
@@ -174,6 +175,16 @@ def _tpv_seeds() -> dict[str, bytes]:
     }
 
 
+def _mqtt_seeds() -> dict[str, bytes]:
+    topic = b"gatewayd/gw/in/gps/a"
+    publish = bytes((0x32, 2 + len(topic) + 2 + 1 + 5)) + len(topic).to_bytes(2, "big") + \
+        topic + b"\x00\x07\x00" + b"hello"
+    return {
+        "v5": b"\x03" + publish + b"\x40\x03\x00\x07\x00" + b"\x40\x02\x00\x08" + publish,
+        "v3": b"\x02" + b"\x30\x05\x00\x01tab" + b"\x40\x02\x00\x09" + b"\xd0\x00",
+    }
+
+
 def _crafted_seeds() -> dict[str, dict[str, bytes]]:
     # Table-mode inputs (bit 1 of byte 0): each number a byte picking a value.
     square = b"\x01\x01\x84" + bytes([0, 0, 4, 0, 4, 4, 0, 4])  # one polygon, one ring
@@ -193,7 +204,8 @@ def _crafted_seeds() -> dict[str, dict[str, bytes]]:
 
 
 def write_seeds(target: str, into: Path) -> None:
-    seeds = {"nmea": _nmea_seeds, "lzf": _lzf_seeds, "tpv": _tpv_seeds}.get(target, dict)()
+    seeds = {"nmea": _nmea_seeds, "lzf": _lzf_seeds, "tpv": _tpv_seeds,
+             "mqtt": _mqtt_seeds}.get(target, dict)()
     seeds.update(_crafted_seeds().get(target, {}))
     into.mkdir(parents=True, exist_ok=True)
     for name, data in seeds.items():

@@ -23,7 +23,7 @@ import pytest
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
 TARGETS = ("nmea", "pcd", "las", "geojson")
-NATIVE_TARGETS = ("nmea", "lzf", "points", "tpv", "zones")
+NATIVE_TARGETS = ("nmea", "lzf", "mqtt", "points", "tpv", "zones")
 
 pytestmark = pytest.mark.slow
 needs_atheris = pytest.mark.skipif(
