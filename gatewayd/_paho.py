@@ -94,10 +94,19 @@ def _fresh_in_packet() -> Any:  # paho's _InPacket
             "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
 
 
+def _fixed_header(command: int, size: int) -> bytes:
+    """A packet's first byte and its remaining length ``size``."""
+    if size < 128:
+        return bytes((command, size))
+    if size < 16384:  # a result record's size: two bytes
+        return bytes((command, (size & 0x7F) | 0x80, size >> 7))
+    return bytes((command,)) + _remaining_length(size)
+
+
 def _remaining_length(size: int) -> bytes:
     if size < 128:
         return bytes((size,))
-    if size < 16384:  # a result record's size: two bytes
+    if size < 16384:
         return bytes(((size & 0x7F) | 0x80, size >> 7))
     out = bytearray()
     while True:
@@ -146,6 +155,7 @@ class LeanClient(paho.Client):
         self._lean: dict[int, _Lean] = {}
         self._lean_unsent: collections.deque[int] = collections.deque()  # in order
         self._lean_tail: Any = None  # the entry of paho's queue that lean bytes join
+        self._topic_heads: dict[bytes, bytes] = {}  # checked topics: length and bytes
         self.lean_published = 0  # lean publishes the broker acknowledged
 
     # ---- publishes in flight ----
@@ -231,17 +241,24 @@ class LeanClient(paho.Client):
         lean = self._lean
         if limit > 0 and len(lean) + len(self._out_messages) >= limit:
             return _QUEUE_FULL
-        if not topic or b"+" in topic or b"#" in topic or len(topic) > 65535:
-            return f"invalid topic for a publish: {topic!r}"
+        # A topic's length and bytes, once it passed the checks: results go to
+        # a few topics, again and again.
+        head = self._topic_heads.get(topic)
+        if head is None:
+            if not topic or b"+" in topic or b"#" in topic or len(topic) > 65535:
+                return f"invalid topic for a publish: {topic!r}"
+            if len(self._topic_heads) >= 1024:  # sources come and go: bounded
+                self._topic_heads.clear()
+            head = self._topic_heads[topic] = len(topic).to_bytes(2, "big") + topic
         v5 = self._protocol == _V5
-        size = len(topic) + len(payload) + (5 if v5 else 4)  # topic length, id, (properties)
+        size = len(head) + len(payload) + (3 if v5 else 2)  # id, (no properties)
         if size > _MAX_PACKET:
             return "payload too large for an MQTT packet"
         mid = self._mid_generate()
         packet = b"".join((
-            bytes((0x33 if retain else 0x32,)), _remaining_length(size),
-            len(topic).to_bytes(2, "big"), topic, mid.to_bytes(2, "big"),
-            b"\x00" if v5 else b"", payload))
+            _fixed_header(0x33 if retain else 0x32, size), head,
+            # the packet id, then (MQTT 5) a property length of 0
+            (mid << 8).to_bytes(3, "big") if v5 else mid.to_bytes(2, "big"), payload))
         lean[mid] = _Lean(packet, done, token)
         self._lean_unsent.append(mid)
         return None

@@ -841,3 +841,26 @@ def test_a_drain_reads_runs_and_single_packets_alike(
     assert sorted(got) == sorted(sent)
     qos1 = {p for k, p in enumerate(sent) if k % 4 in (1, 2)}
     assert [p for p in got if p in qos1] == [p for p in sent if p in qos1]
+
+
+@pytest.mark.parametrize("v5", [True, False])
+def test_a_lean_publish_is_the_packet_the_specification_describes(v5: bool) -> None:
+    import paho.mqtt.client as paho_client
+
+    from gatewayd._paho import LeanClient
+
+    client = LeanClient(paho_client.CallbackAPIVersion.VERSION2,
+                        protocol=paho_client.MQTTv5 if v5 else paho_client.MQTTv311)
+    # Remaining lengths of one, two and three bytes, and each boundary.
+    for topic in (b"gw/out/gps/a", b"t" * 300):
+        around = 2 + len(topic) + (3 if v5 else 2)  # topic length, topic, id, (properties)
+        for size in sorted({0, 1, 600, 70_000} | {max(0, r - around) for r in (127, 128,
+                                                                             16383, 16384)}):
+            for retain in (False, True):
+                payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                assert client._queue_lean(topic, payload, retain, lambda *a: None, None) is None
+                mid = client._lean_unsent[-1]
+                assert client._lean[mid].packet == _publish(topic, payload, mid=mid, v5=v5,
+                                                            retain=retain), (topic, size)
+    for bad in (b"", b"a/+", b"#", b"x" * 65536):
+        assert "invalid topic" in str(client._queue_lean(bad, b"p", False, lambda *a: None, None))
