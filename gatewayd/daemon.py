@@ -40,6 +40,7 @@ from typing import Any
 from gatewayd import __version__, geometry, ingest, processing, records
 from gatewayd.config import Config, load_config
 from gatewayd.errors import DecodeError, GatewayError
+from gatewayd.gpsjson import gps_json_fix
 from gatewayd.pipeline import Item, Output, Pipeline, PipelineSettings
 from gatewayd.replay import zones_dir
 from gatewayd.results import ResultSender
@@ -523,7 +524,7 @@ class Daemon:
         if head == b"{":
             ticket.stream = None  # a TPV is a fix of its own: no cycle holds it
             try:
-                tpv, members = ingest.gps_json_fix(payload)
+                tpv, members = gps_json_fix(payload)
             except DecodeError as exc:
                 return [ingest.dead(source, records.input_digest(payload), received_at,
                                     exc.reason, str(exc), tokens=(ticket,))], ()

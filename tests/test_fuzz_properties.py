@@ -47,7 +47,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from gatewayd.config import load_config, render_config
 from gatewayd.errors import ConfigError, DecodeError, GatewayError
 from gatewayd.geojson import decode_geojson
-from gatewayd.ingest import _json_tpv, gps_json_fix, gps_json_tpv
+from gatewayd.gpsjson import _json_tpv, gps_json_fix, gps_json_tpv
 from gatewayd.las import decode_las
 from gatewayd.nmea import MAX_SENTENCE, NmeaDecoder
 from gatewayd.pcd import decode_pcd, encode_pcd

@@ -265,7 +265,8 @@ def test_a_block_of_fixes_makes_the_records_single_fixes_make():
 def test_fix_records_as_lines_are_the_records_lines(crs):
     import json
 
-    from gatewayd.ingest import GpsStream, gps_json_fix
+    from gatewayd.gpsjson import gps_json_fix
+    from gatewayd.ingest import GpsStream
 
     # What the daemon publishes (lines only, no dict made) is what replay
     # writes of the same fixes: NMEA's, TPVs read in C and by Python's json.

@@ -2,7 +2,7 @@
  *
  * A reader for the plain shape gpsd and most publishers write: one flat
  * object of ASCII strings without escapes, numbers, true, false and null. It
- * gives what gatewayd.ingest.gps_json_tpv gives for such a document: the last
+ * gives what gatewayd.gpsjson.gps_json_tpv gives for such a document: the last
  * "class" is "TPV", mode is the last "mode" where that is the integer 1, 2 or
  * 3 (else 1), time is the last "time" where that is a string, and each
  * number member is the last member of that name where that is a finite
