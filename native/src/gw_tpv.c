@@ -31,6 +31,7 @@ static const char *const gw_tpv_names[GW_TPV_NUMBERS] = {
     "magvar", "eph", "epx", "epy", "epv"};
 
 enum { GW_KEY_OTHER = -1, GW_KEY_CLASS = -2, GW_KEY_MODE = -3, GW_KEY_TIME = -4 };
+enum { GW_LAT = 0, GW_LON = 1, GW_ALT_MSL = 2, GW_ALT = 4 }; /* in gw_tpv_names */
 
 #define GW_NUMBER_MAX 100 /* longer literals go to Python */
 
@@ -216,7 +217,7 @@ static void gw_tpv_members(const uint8_t *buf, gw_tpv *out, const int64_t *at,
     for (int k = 0; k < GW_TPV_NUMBERS; k++) {
         if (!(out->present & (1u << k)))
             continue;
-        const char *name = k == 4 && !out->alt_msl_named ? "altMSL" : gw_tpv_names[k];
+        const char *name = k == GW_ALT && !out->alt_msl_named ? "altMSL" : gw_tpv_names[k];
         size_t name_len = strlen(name);
         if (n + (int64_t)name_len + 4 + len[k] + 2 > cap) /* a number grows by ".0" at most */
             return;
@@ -290,8 +291,18 @@ int gw_tpv_parse(const uint8_t *buf, int64_t n, gw_tpv *out)
         if (c.p >= c.end)
             return 0;
         int key = gw_key(name, name_len);
-        if (key == 2)
+        if (key == GW_ALT_MSL)
             out->alt_msl_named = 1; /* "altMSL" of any value keeps "alt" its name */
+        /* The last member of a name is the one that counts: what an earlier
+         * one said is forgotten, and this one says what it can. */
+        if (key == GW_KEY_CLASS)
+            is_tpv = 0;
+        else if (key == GW_KEY_TIME)
+            out->time_start = -1;
+        else if (key == GW_KEY_MODE)
+            out->mode = 1;
+        else if (key >= 0)
+            out->present &= ~(1u << key);
         uint8_t b = *c.p;
         if (b == '"') {
             const uint8_t *s;
@@ -303,43 +314,23 @@ int gw_tpv_parse(const uint8_t *buf, int64_t n, gw_tpv *out)
             else if (key == GW_KEY_TIME) {
                 out->time_start = s - buf;
                 out->time_len = len;
-            } else if (key == GW_KEY_MODE)
-                out->mode = 1;
-            else if (key >= 0)
-                out->present &= ~(1u << key);
+            }
         } else if (b == '-' || gw_digit(b)) {
             double v;
             int integer;
             const uint8_t *literal = c.p;
             if (!gw_number(&c, &v, &integer))
                 return 0;
-            if (key == GW_KEY_CLASS)
-                is_tpv = 0;
-            else if (key == GW_KEY_TIME)
-                out->time_start = -1;
-            else if (key == GW_KEY_MODE)
-                out->mode = integer && (v == 1.0 || v == 2.0 || v == 3.0) ? (int32_t)v : 1;
-            else if (key >= 0) {
-                if (isfinite(v)) {
-                    out->values[key] = v;
-                    out->present |= 1u << key;
-                    at[key] = literal - buf;
-                    len[key] = c.p - literal;
-                    integer_at[key] = integer;
-                } else {
-                    out->present &= ~(1u << key);
-                }
+            if (key == GW_KEY_MODE && integer && (v == 1.0 || v == 2.0 || v == 3.0)) {
+                out->mode = (int32_t)v;
+            } else if (key >= 0 && isfinite(v)) {
+                out->values[key] = v;
+                out->present |= 1u << key;
+                at[key] = literal - buf;
+                len[key] = c.p - literal;
+                integer_at[key] = integer;
             }
-        } else if (gw_word(&c, "true") || gw_word(&c, "false") || gw_word(&c, "null")) {
-            if (key == GW_KEY_CLASS)
-                is_tpv = 0;
-            else if (key == GW_KEY_TIME)
-                out->time_start = -1;
-            else if (key == GW_KEY_MODE)
-                out->mode = 1;
-            else if (key >= 0)
-                out->present &= ~(1u << key);
-        } else {
+        } else if (!gw_word(&c, "true") && !gw_word(&c, "false") && !gw_word(&c, "null")) {
             return 0; /* an object, an array, NaN, Infinity, or no JSON */
         }
         gw_skip_ws(&c);
@@ -357,11 +348,11 @@ int gw_tpv_parse(const uint8_t *buf, int64_t n, gw_tpv *out)
     gw_skip_ws(&c);
     if (c.p != c.end || !is_tpv)
         return 0;
-    int lat = (out->present >> 0) & 1, lon = (out->present >> 1) & 1;
+    int lat = (out->present >> GW_LAT) & 1, lon = (out->present >> GW_LON) & 1;
     if (lat != lon)
         return 0;
-    if (lat && !(out->values[0] >= -90 && out->values[0] <= 90 && out->values[1] >= -180 &&
-                 out->values[1] <= 180))
+    if (lat && !(out->values[GW_LAT] >= -90 && out->values[GW_LAT] <= 90 &&
+                 out->values[GW_LON] >= -180 && out->values[GW_LON] <= 180))
         return 0;
     gw_tpv_members(buf, out, at, len, integer_at);
     return 1;
