@@ -18,7 +18,8 @@ or not the packet carries any, an ``MQTTMessage`` with a
   ``recv`` calls the buffer serves first; large bodies are read straight
   from the socket.
 - a PUBLISH of QoS 0 or 1 without properties goes straight to
-  ``on_fast_message(topic, payload, qos, retain, mid, dup)`` as plain values;
+  ``on_fast_messages`` as plain values, (topic, payload, qos, retain, mid,
+  dup): those of a run together, in one list;
 - ``publish_lean()`` makes a QoS 1 PUBLISH without properties as bytes, and
   keeps it, with its caller's ``done`` and token, until its PUBACK: no paho
   message object. Lean publishes share paho's in-flight count
@@ -27,9 +28,11 @@ or not the packet carries any, an ``MQTTMessage`` with a
   window holds back wait in order, and after a reconnect every unacknowledged
   one is sent again, in order, with DUP set if it had gone out;
   ``publish_lean_many()`` queues a batch of them in one call;
-- a PUBACK of a lean publish completes it with its reason code; a PUBACK of
-  paho's own publishes that says success without properties completes it
-  with a shared success reason code and empty properties;
+- a PUBACK of a lean publish completes it with its reason code; with
+  ``on_lean_acked`` set, the lean publishes a run of PUBACKs completes with
+  success are handed to it together, in order, and the rest one by one. A
+  PUBACK of paho's own publishes that says success without properties
+  completes it with a shared success reason code and empty properties;
 - ``ack_lean()`` writes a QoS 1 PUBACK as bytes;
 - consecutive queued packets that need no callback of their own are written
   with one ``send``, and lean packets queued one after another share one
@@ -49,6 +52,7 @@ broker.
 from __future__ import annotations
 
 import collections
+import struct
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -61,7 +65,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gatewayd._native import ffi, lib
 
-__all__ = ["FastMessage", "LeanClient", "LeanDone"]
+__all__ = ["FastMessages", "LeanClient", "LeanDone"]
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 _AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
@@ -82,8 +86,8 @@ _RUN = 128  # packets gw_mqtt_scan finds in one call, at most
 _PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
 _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
-# topic (raw bytes), payload, qos, retain, mid, dup
-FastMessage = Callable[[bytes, bytes, int, bool, int, bool], None]
+# Each (topic as raw bytes, payload, qos, retain, mid, dup), in order of arrival.
+FastMessages = Callable[[list[tuple[bytes, bytes, int, bool, int, bool]]], None]
 # A lean publish's end: its token, and the PUBACK's reason code when it is a
 # failure (None: the broker has it). Called once, unless the client is reset.
 LeanDone = Callable[[Any, "ReasonCode | None"], None]
@@ -145,7 +149,10 @@ class LeanClient(paho.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.on_fast_message: FastMessage | None = None
+        self.on_fast_messages: FastMessages | None = None
+        # Lean publishes a run of PUBACKs completed with success, in order;
+        # None: each one's ``done`` is called as its PUBACK is read.
+        self.on_lean_acked: Callable[[list[_Lean]], None] | None = None
         self._rbuf = b""
         self._rpos = 0
         self._rsock: Any = None
@@ -292,6 +299,12 @@ class LeanClient(paho.Client):
         """Queues the PUBACK of the QoS 1 message ``mid`` (paho's ``ack``, as bytes)."""
         self._queue_bytes(b"\x40\x02" + mid.to_bytes(2, "big"))
 
+    def ack_lean_many(self, mids: list[int]) -> None:
+        """``ack_lean`` of each of ``mids``, in order, queued together."""
+        # A PUBACK without a reason code: 0x40, 2, the packet id (big-endian).
+        self._queue_bytes(struct.pack(f">{2 * len(mids)}H",
+                                      *[v for mid in mids for v in (0x4002, mid)]))
+
     def lean_reset(self) -> list[_Lean]:
         """Forgets every lean publish (the client is closing); returns them."""
         entries = list(self._lean.values())
@@ -429,35 +442,72 @@ class LeanClient(paho.Client):
         """Handles the run of whole plain PUBLISH and PUBACK packets at
         ``pos``, up to ``budget`` of them, as ``_read_one`` would one by one:
         (how many, the error that ends the link or MQTT_ERR_SUCCESS, whether
-        to stop reading: ``stop()`` said so, or the link is gone)."""
-        deliver = self.on_fast_message
+        to stop reading: ``stop()`` said so, or the link is gone). The run's
+        PUBLISHes go to ``on_fast_messages`` together, and the lean publishes
+        its PUBACKs complete to ``on_lean_acked`` (first: what they make room
+        for is there for the PUBLISHes), before any other packet is handled
+        and at the run's end."""
+        deliver = self.on_fast_messages
         count = lib.gw_mqtt_scan(buf, len(buf), pos, self._protocol == _V5,
                                  deliver is not None, self._run, min(budget, _RUN),
                                  self._run_end)
         if not count:
             return 0, _OK, False
         entries = iter(ffi.unpack(self._run, count * lib.GW_MQTT_ENTRY))
+        arrived: list[tuple[bytes, bytes, int, bool, int, bool]] = []
+        acked: list[_Lean] | None = [] if self.on_lean_acked is not None else None
+        manual = self._manual_ack
+        lean = self._lean
         done = 0
         for header, a, b, c, d, e, end in zip(entries, entries, entries, entries, entries,
                                               entries, entries):
             self._rpos = end
             done += 1
             if header & 0xF0 == _PUBLISH:
-                assert deliver is not None
                 # topic [a:b], packet id c, payload [d:e]
-                deliver(buf[a:b], buf[d:e], (header & 0x06) >> 1, bool(header & 0x01), c,
-                        bool(header & 0x08))
-                if c and not self._manual_ack:
+                arrived.append((buf[a:b], buf[d:e], (header & 0x06) >> 1, bool(header & 0x01),
+                                c, bool(header & 0x08)))
+                if c and not manual:  # acked as paho acks: once it is handed over
+                    self._hand_run(arrived, acked)
                     rc = self._send_puback(c)
                     if rc != _OK:
                         return done, rc, False
-            elif not self._lean_acked(a, b):  # packet id a, reason b, body [d:e]
+                    if self._sock is not sock or (stop is not None and stop()):
+                        return done, _OK, True
+                continue
+            # packet id a, reason b, body [d:e]
+            entry = lean.get(a)
+            if acked is not None and entry is not None and entry.state == _IN_FLIGHT and \
+                    b < 0x80 and not self._out_messages:
+                del lean[a]
+                self._inflight_messages -= 1
+                acked.append(entry)
+                continue
+            self._hand_run(arrived, acked)
+            if not self._lean_acked(a, b):
                 rc = self._handle_whole(header, e - d, buf, d, e)
                 if rc != _OK:
                     return done, rc, False
             if self._sock is not sock or (stop is not None and stop()):
                 return done, _OK, True
-        return done, _OK, False
+        self._hand_run(arrived, acked)
+        return done, _OK, self._sock is not sock or (stop is not None and stop())
+
+    def _hand_run(self, arrived: list[tuple[bytes, bytes, int, bool, int, bool]],
+                  acked: list[_Lean] | None) -> None:
+        """Hands over, and forgets, what a run has gathered so far: the lean
+        publishes completed, then the PUBLISHes received."""
+        if acked:
+            self.lean_published += len(acked)
+            ended = acked.copy()
+            acked.clear()
+            assert self.on_lean_acked is not None
+            self.on_lean_acked(ended)
+        if arrived:
+            messages = arrived.copy()
+            arrived.clear()
+            assert self.on_fast_messages is not None
+            self.on_fast_messages(messages)
 
     def _read_one(self, buf: bytes, pos: int) -> MQTTErrorCode:
         """Handles the packet at ``pos`` if it is whole in the buffer, else
@@ -515,9 +565,9 @@ class LeanClient(paho.Client):
     def _deliver_plain(self, header: int, packet: bytes | bytearray, start: int,
                        end: int) -> int:
         """Hands a PUBLISH of QoS 0 or 1 without properties to
-        on_fast_message and returns its packet id (0 for QoS 0); -1, and
+        on_fast_messages and returns its packet id (0 for QoS 0); -1, and
         nothing done, for any other."""
-        deliver = self.on_fast_message
+        deliver = self.on_fast_messages
         qos = (header & 0x06) >> 1
         if deliver is None or qos == 2 or end - start < 2:
             return -1
@@ -535,8 +585,8 @@ class LeanClient(paho.Client):
             if at >= end or packet[at] != 0:  # properties: paho's Properties
                 return -1
             at += 1
-        deliver(topic, bytes(packet[at:end]), qos, bool(header & 0x01), mid,
-                bool(header & 0x08))
+        deliver([(topic, bytes(packet[at:end]), qos, bool(header & 0x01), mid,
+                  bool(header & 0x08))])
         return mid
 
     def _sock_recv(self, bufsize: int) -> bytes:

@@ -303,7 +303,7 @@ class Daemon:
         self._arrived.clear()  # read on the old link: the broker sends it again
         self._mqtt = MqttClient(self._mqtt_settings(config), self._on_message,
                                 subscriptions=[(f"{config.topic_prefix}/in/#", config.mqtt.qos)],
-                                on_drained=self._on_drained)
+                                on_drained=self._on_drained, on_messages=self._on_messages)
         await self._mqtt.__aenter__()
         self._results.attach(self._mqtt)
 
@@ -390,6 +390,25 @@ class Daemon:
         self._arrived.append(message)
         if self._open + len(self._arrived) >= self._window():
             self._mqtt.pause()  # the client keeps the rest, then the broker
+
+    def _on_messages(self, messages: list[Any]) -> int:
+        """``_on_message`` of messages that arrived together: takes them, in
+        order, until the intake window is full; returns how many it took
+        (the client keeps the rest)."""
+        if self._intake_closed:
+            return len(messages)  # stopping: left unacknowledged
+        arrived = self._arrived
+        window = self._window()
+        room = window - self._open - len(arrived)
+        if room >= len(messages):
+            arrived += messages
+            taken = len(messages)
+        else:
+            taken = max(1, room)  # as _on_message: one, then the pause
+            arrived += messages[:taken]
+        if self._open + len(arrived) >= window:
+            self._mqtt.pause()  # the client keeps the rest, then the broker
+        return taken
 
     def _on_drained(self) -> None:
         arrived, self._arrived = self._arrived, []
@@ -494,8 +513,10 @@ class Daemon:
             assert ticket.stream is not None
             items, released = self._gps(payload, source, received_at, ticket, ticket.stream)
         self._accept(source, items, released, serial=False, notify=False)
-        ticket.waiting = ticket.still_waiting()
-        self._settle(ticket)
+        stream = ticket.stream  # still_waiting() and _settle(), inline
+        ticket.waiting = stream is not None and stream.waits_for(ticket)
+        if ticket.holds <= 0 and not ticket.waiting:
+            self._ack(ticket)
         return bool(items)
 
     def _lidar(self, payload: bytes, source: str, received_at: str,
@@ -586,13 +607,31 @@ class Daemon:
                 self._open -= 1
         self._maybe_resume()
 
-    def _release(self, tokens: tuple[object, ...]) -> None:
+    def _release(self, tokens: Sequence[object]) -> None:
+        """Tokens of results now safe: the inputs with nothing else to wait
+        for are acknowledged, together."""
+        ready = []
         for token in tokens:
             if isinstance(token, _Ticket):
                 token.holds -= 1
                 if token.holds <= 0:
-                    token.waiting = token.still_waiting()
-                    self._settle(token)
+                    stream = token.stream  # still_waiting(), inline
+                    token.waiting = stream is not None and stream.waits_for(token)
+                    if not token.waiting and not token.acked:
+                        token.acked = True
+                        ready.append(token)
+        if not ready:
+            return
+        self._open -= len(ready)
+        # By the client each came through (a reload may have replaced it).
+        client = ready[0].client
+        messages = [t.message for t in ready if t.client is client]
+        if len(messages) == len(ready):
+            client.ack_many(messages)
+        else:
+            for t in ready:
+                t.client.ack(t.message)
+        self._maybe_resume()
 
     # ---- intake: into the pipeline's bounded queue ----
 

@@ -90,6 +90,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import operator
 import os
 import random
 import socket
@@ -242,6 +243,7 @@ class _Delivery:
 PublishDone = Callable[[Any, "MqttError | None"], None]
 _Held = tuple[str, bytes, int, bool, PublishDone, Any]
 _PARK_COST = 200  # bytes a parked message costs beside its payload (about)
+_PAYLOAD = operator.attrgetter("payload")
 
 
 def _end(done: PublishDone, token: Any, error: MqttError | None) -> None:
@@ -249,6 +251,18 @@ def _end(done: PublishDone, token: Any, error: MqttError | None) -> None:
         done(token, error)
     except Exception:
         logger.exception("handling the end of an MQTT publish failed")
+
+
+def _parked_bytes(messages: list[Message]) -> int:
+    """What ``messages`` count for in ``MqttClient._parked_bytes``."""
+    return sum(map(len, map(_PAYLOAD, messages))) + _PARK_COST * len(messages)
+
+
+def _end_many(many: Any, tokens: list[Any]) -> None:
+    try:
+        many(tokens)
+    except Exception:
+        logger.exception("handling the end of MQTT publishes failed")
 
 
 def _describe(exc: BaseException) -> str:
@@ -282,9 +296,15 @@ class MqttClient:
     ``on_message`` is called in the loop for every PUBLISH received; QoS 1/2
     messages stay unacknowledged until ``ack()``. If it raises, the error is
     logged and the message acked, so that one bad message cannot hold back
-    every later PUBACK. ``on_drained``, if given, is called once after each
-    drain of the socket that delivered messages: an owner that gathers the
-    messages of a drain in ``on_message`` handles them there, together.
+    every later PUBACK. ``on_messages``, if given, takes the place of
+    ``on_message`` for messages that arrive together (a run of packets read
+    at once, or parked ones handed over): it gets them in order and returns
+    how many it took; the client keeps the rest, as it keeps what arrives
+    while paused, and an owner that takes fewer than all pauses the client.
+    If it raises, the error is logged and all of them acked. ``on_drained``,
+    if given, is called once after each drain of the socket that delivered
+    messages: an owner that gathers the messages of a drain in
+    ``on_message`` handles them there, together.
     """
 
     # Packets read per readable event at most: each costs the owner its
@@ -302,9 +322,11 @@ class MqttClient:
         *,
         subscriptions: Sequence[tuple[str, int]] = (),
         on_drained: Callable[[], None] | None = None,
+        on_messages: Callable[[list[Message]], int] | None = None,
     ) -> None:
         self.settings = settings
         self._on_message_cb = on_message
+        self._on_messages_cb = on_messages
         self._on_drained_cb = on_drained
         self._delivered = False  # messages handed over since on_drained was last called
         self._flush_due = False  # a write of what paho queued is scheduled
@@ -482,7 +504,8 @@ class MqttClient:
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
         if isinstance(client, LeanClient):
-            client.on_fast_message = self._on_fast_message
+            client.on_fast_messages = self._on_fast_messages
+            client.on_lean_acked = self._on_lean_acked
         return client
 
     # ---- connecting, forever ----
@@ -721,15 +744,19 @@ class MqttClient:
             self._loop.call_soon(self._on_readable)
 
     def _hand_over_parked(self) -> int:
-        """Hands over messages read while paused, up to a drain's worth."""
+        """Hands over messages read while paused, up to a drain's worth: how
+        many the owner took."""
         parked = self._parked
-        count = 0
-        while parked and not self._paused and count < self._read_batch:
-            count += 1
-            message = parked.popleft()
-            self._parked_bytes -= len(message.payload) + _PARK_COST
-            self._deliver(message)
-        return count
+        if not parked or self._paused:
+            return 0
+        batch = [parked.popleft() for _ in range(min(len(parked), self._read_batch))]
+        self._parked_bytes -= _parked_bytes(batch)
+        taken = self._deliver_many(batch)
+        rest = batch[taken:]
+        if rest:  # back to the front, in order
+            parked.extendleft(reversed(rest))
+            self._parked_bytes += _parked_bytes(rest)
+        return taken
 
     def _drain(self, client: paho.Client, sock: socket.socket, budget: int) -> bool:
         """Reads up to ``budget`` packets; True if more may be waiting where
@@ -906,24 +933,43 @@ class MqttClient:
         self._hand_over(Message(topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
                                 bool(msg.dup), delivery))
 
-    def _on_fast_message(self, topic: bytes, payload: bytes, qos: int, retain: bool, mid: int,
-                         dup: bool) -> None:
-        delivery = self._register(qos, mid)
-        text = self._topics.get(topic)
-        if text is None:
-            try:
-                text = topic.decode()
-            except UnicodeDecodeError:
-                logger.warning("dropped an MQTT message whose topic is not UTF-8")
-                self._ack(delivery)
+    def _on_fast_messages(self, arrived: list[tuple[bytes, bytes, int, bool, int, bool]]
+                          ) -> None:
+        """PUBLISHes the LeanClient read together, in order of arrival."""
+        messages = []
+        topics = self._topics
+        register = self._register
+        for topic, payload, qos, retain, mid, dup in arrived:
+            delivery = register(qos, mid)
+            text = topics.get(topic)
+            if text is None:
+                try:
+                    text = topic.decode()
+                except UnicodeDecodeError:
+                    logger.warning("dropped an MQTT message whose topic is not UTF-8")
+                    self._ack(delivery)
+                    continue
+                if len(topics) >= 1024:  # sources come and go: the memo stays bounded
+                    topics.clear()
+                topics[topic] = text
+            messages.append(Message(text, payload, qos, retain, mid, dup, delivery))
+        if not (self._paused or self._parked):
+            taken = self._deliver_many(messages)
+            if taken == len(messages):
                 return
-            if len(self._topics) >= 1024:  # sources come and go: the memo stays bounded
-                self._topics.clear()
-            self._topics[topic] = text
-        message = Message(text, payload, qos, retain, mid, dup, delivery)
-        if self._paused or self._parked:
-            self._hand_over(message)
-        else:
+            messages = messages[taken:]  # paused by the owner: kept, in order
+        if not self._paused:
+            for message in messages:
+                self._hand_over(message)
+            return
+        parked = self._parked
+        parked.extend(messages)
+        self._parked_bytes += _parked_bytes(messages)
+        limit = 4 * self.settings.receive_maximum
+        while len(parked) > limit and self._parked_bytes > self.settings.max_parked_bytes:
+            # as _hand_over: past both bounds, the oldest go over regardless
+            message = parked.popleft()
+            self._parked_bytes -= len(message.payload) + _PARK_COST
             self._deliver(message)
 
     def _register(self, qos: int, mid: int) -> int:
@@ -958,6 +1004,28 @@ class MqttClient:
                              message.topic)
             self._ack(message.delivery)
 
+    def _deliver_many(self, messages: list[Message]) -> int:
+        """Hands ``messages`` over, in order, until the owner pauses the
+        client: how many it took."""
+        if not messages:
+            return 0
+        many = self._on_messages_cb
+        if many is None:
+            for n, message in enumerate(messages):
+                if self._paused:
+                    return n
+                self._deliver(message)
+            return len(messages)
+        self._delivered = True
+        try:
+            return max(0, min(len(messages), many(messages)))
+        except Exception:
+            logger.exception("handling %d MQTT messages from %r on failed; acking them",
+                             len(messages), messages[0].topic)
+            for message in messages:
+                self._ack(message.delivery)
+            return len(messages)
+
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
         entry = self._pending.pop(mid, None)
@@ -970,8 +1038,9 @@ class MqttClient:
         self._counts["published"] += 1
         _end(done, token, None)
 
-    def _on_lean_done(self, end: tuple[PublishDone, Any], reason: Any) -> None:
-        done, token = end
+    def _on_lean_done(self, end: tuple[Any, ...], reason: Any) -> None:
+        # end: (done, token), or (done, token, done_many) from send_many
+        done, token = end[0], end[1]
         if reason is not None:
             _end(done, token, MqttError(f"the broker refused the publish: {reason}"))
             return
@@ -981,6 +1050,32 @@ class MqttClient:
         except Exception:
             logger.exception("handling the end of an MQTT publish failed")
 
+    def _on_lean_acked(self, entries: list[Any]) -> None:
+        """Lean publishes the broker has, in order (a run of PUBACKs): those
+        sent by one ``send_many`` with a ``done_many`` end through it together."""
+        self._counts["published"] += len(entries)
+        many: Callable[[list[Any]], None] | None = None
+        tokens: list[Any] = []
+        for entry in entries:
+            end = entry.token
+            if len(end) == 3 and many is not None and end[2] == many:
+                tokens.append(end[1])
+                continue
+            if tokens:
+                _end_many(many, tokens)
+                tokens = []
+            if len(end) == 3:
+                many = end[2]
+                tokens.append(end[1])
+            else:
+                many = None
+                try:
+                    end[0](end[1], None)
+                except Exception:
+                    logger.exception("handling the end of an MQTT publish failed")
+        if tokens:
+            _end_many(many, tokens)
+
     # ---- acks ----
 
     def ack(self, message: Message) -> None:
@@ -989,23 +1084,49 @@ class MqttClient:
         a QoS 0 message or one from a link that has since dropped does nothing."""
         self._ack(message.delivery)
 
+    def ack_many(self, messages: Sequence[Message]) -> None:
+        """``ack`` of each of ``messages``; their PUBACKs are written together."""
+        by_delivery = self._by_delivery
+        found = False
+        for message in messages:
+            entry = by_delivery.pop(message.delivery, None)
+            if entry is not None:
+                entry.done = True
+                found = True
+        if found:
+            self._send_acks()
+
     def _ack(self, delivery: int) -> None:
         entry = self._by_delivery.pop(delivery, None)
         if entry is None:
             return
         entry.done = True
+        self._send_acks()
+
+    def _send_acks(self) -> None:
+        """PUBACKs (and PUBRECs) for the longest done prefix of the queue."""
         client = self._paho
         if client is None or self._connect_busy:
             return
         unacked = self._unacked
         lean = client if isinstance(client, LeanClient) else None
+        mids: list[int] = []
+        sent = 0
         while unacked and unacked[0].done:
             head = unacked.popleft()
+            sent += 1
             if lean is not None and head.qos == 1:
-                lean.ack_lean(head.mid)
-            else:
-                client.ack(head.mid, head.qos)
-            self._counts["acked"] += 1
+                mids.append(head.mid)
+                continue
+            if mids:  # in order: the lean ones before it first
+                assert lean is not None
+                lean.ack_lean_many(mids)
+                mids = []
+            client.ack(head.mid, head.qos)
+        if mids:
+            assert lean is not None
+            lean.ack_lean_many(mids)
+        self._counts["acked"] += sent
 
     def _forget_deliveries(self) -> None:
         self._unacked.clear()
@@ -1051,16 +1172,19 @@ class MqttClient:
         else:
             self._submit(topic, payload, qos, retain, done, token)
 
-    def send_many(self, entries: list[tuple[str, bytes, Any]], done: PublishDone) -> int:
+    def send_many(self, entries: list[tuple[str, bytes, Any]], done: PublishDone,
+                  done_many: Callable[[list[Any]], None] | None = None) -> int:
         """``send`` of QoS 1 publishes without retain, in order: ``entries``
         are (topic, payload, token), each ended through ``done`` as ``send``
-        ends it. Returns how many it took, in order; the rest are still the
-        caller's. It takes fewer than all when the last one taken ended
-        before this returned (refused: the queue is full, or a topic no
-        PUBLISH may carry), so that a caller who keeps that one elsewhere
-        can keep the rest behind it; and one at a time while a connect is
-        under way, or through paho's own path. Raises MqttError when the
-        client is not running."""
+        ends it; ``done_many``, if given, ends instead those the broker
+        acknowledged together (a run of PUBACKs read at once), as
+        ``done_many([token, ...])``, in order. Returns how many it took, in
+        order; the rest are still the caller's. It takes fewer than all when
+        the last one taken ended before this returned (refused: the queue is
+        full, or a topic no PUBLISH may carry), so that a caller who keeps
+        that one elsewhere can keep the rest behind it; and one at a time
+        while a connect is under way, or through paho's own path. Raises
+        MqttError when the client is not running."""
         if not self._entered or self._loop is None:
             raise MqttError("the MQTT client is not running")
         if not entries:
@@ -1071,7 +1195,9 @@ class MqttClient:
             self.send(topic, payload, done, token)
             return 1
         try:
-            lean = [(topic.encode(), payload, (done, token)) for topic, payload, token in entries]
+            lean = [(topic.encode(), payload, (done, token, done_many))
+                    for topic, payload, token in entries] if done_many is not None else \
+                [(topic.encode(), payload, (done, token)) for topic, payload, token in entries]
         except UnicodeEncodeError:
             lean = []
         taken = client.publish_lean_many(lean, self._on_lean_done)

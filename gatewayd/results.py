@@ -19,7 +19,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gatewayd.errors import GatewayError
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ResultSender"]
 
-Tokens = tuple[object, ...]
+Tokens = tuple[object, ...]  # the inputs a result was made from
 
 
 class _Result:
@@ -48,7 +48,7 @@ class _Result:
 
 
 class ResultSender:
-    def __init__(self, *, timeout_s: float, release: Callable[[Tokens], None],
+    def __init__(self, *, timeout_s: float, release: Callable[[Sequence[object]], None],
                  abandon: Callable[[Tokens], None],
                  counts: collections.Counter[str]) -> None:
         self.timeout_s = timeout_s  # for a PUBACK, before the result is spooled
@@ -152,7 +152,8 @@ class ResultSender:
         if self._deadline_timer is None:
             self._deadline_timer = loop.call_at(deadline, self._past_deadline)
         try:
-            taken = client.send_many([(r.topic, r.payload, r) for r in made], self._published)
+            taken = client.send_many([(r.topic, r.payload, r) for r in made], self._published,
+                                     self._published_many)
         except GatewayError:
             taken = 0
         if taken < len(made):
@@ -189,6 +190,21 @@ class ResultSender:
             self._counts["publish_failed"] += 1
             logger.warning("result not published: %s", error)
             self._abandon(result.tokens)  # unacknowledged: the broker sends them again
+
+    def _published_many(self, results: list[_Result]) -> None:
+        """``_published`` of many the broker has, in order: their inputs are
+        released together."""
+        tokens: list[object] = []
+        for result in results:
+            if not result.settled:  # else past its deadline, already spooled
+                result.settled = True
+                self._unsettled -= 1
+                tokens += result.tokens
+        queue = self._results
+        while queue and queue[0].settled:
+            queue.popleft()
+        if tokens:
+            self._release(tokens)
 
     def _past_deadline(self) -> None:
         """Results the broker has not acknowledged in time go to the outbox

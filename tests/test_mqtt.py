@@ -294,6 +294,79 @@ def test_pause_stops_delivery_and_resume_restarts_it_with_nothing_lost(
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_on_messages_takes_runs_in_order_and_what_it_declines_waits_for_resume(
+        mosquitto_module: Broker, protocol: str) -> None:
+    broker = mosquitto_module
+    topic = f"many-{protocol}"
+    count = 2000
+
+    async def main() -> None:
+        got: list[Message] = []
+        runs: list[int] = []
+        window = 150  # messages the owner holds unacknowledged at most
+
+        def take(messages: list[Message]) -> int:
+            runs.append(len(messages))
+            room = max(1, window - len(got))
+            took = messages[:room]
+            got.extend(took)
+            if len(got) >= window:
+                client.pause()
+            return len(took)
+
+        client = MqttClient(settings(broker, protocol=protocol), got.append,
+                            subscriptions=[(f"{topic}/#", 1)], on_messages=take)
+        async with client:
+            await client.wait_ready()
+            publisher = asyncio.ensure_future(
+                mosquitto_pub(broker, f"{topic}/x", numbered(count)))
+            seen: list[bytes] = []
+            while len(seen) < count:
+                await until(lambda: bool(got))
+                batch, got[:] = got[:], []
+                seen += [m.payload for m in batch]
+                client.ack_many(batch)  # PUBACKs in one go, in arrival order
+                client.resume()
+            await publisher
+            assert seen == numbered(count)
+            assert max(runs) > 1  # runs of packets came together
+            await until(lambda: client.stats().acked == count)
+            assert client.stats().unacked == 0
+        # All acknowledged: nothing comes again on the persistent session.
+        got.clear()
+        async with client:
+            await client.wait_ready()
+            await asyncio.sleep(0.3)
+            assert got == []
+
+    arun(main())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_send_many_ends_a_run_of_pubacks_through_done_many_once_each(
+        mosquitto_module: Broker, protocol: str) -> None:
+    broker = mosquitto_module
+
+    async def main() -> None:
+        one: list[int] = []
+        runs: list[list[int]] = []
+        async with MqttClient(settings(broker, protocol=protocol), lambda m: None) as client:
+            await client.wait_ready()
+            count = 400
+            entries = [(f"many-out/{i % 2}", b"r%d" % i, i) for i in range(count)]
+            assert client.send_many(entries, lambda token, error: one.append(token),
+                                    runs.append) == count
+            await until(lambda: len(one) + sum(map(len, runs)) == count)
+            ended = one + [token for run in runs for token in run]
+            assert sorted(ended) == list(range(count))  # each once
+            assert all(run == sorted(run) and run for run in runs)
+            assert max(map(len, runs)) > 1
+            assert client.stats().published == count and client.pending_publishes == 0
+
+    arun(main())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_paused_client_still_completes_its_publishes_and_keeps_what_arrives_in_order(
         mosquitto_module: Broker, protocol: str) -> None:
     # An owner that pauses until its results are published must not wait forever.

@@ -32,7 +32,8 @@ class FakeClient:
             return
         self.sent.append((topic, payload, done, token))
 
-    def send_many(self, entries: list[tuple[str, bytes, Any]], done: Any) -> int:
+    def send_many(self, entries: list[tuple[str, bytes, Any]], done: Any,
+                  done_many: Any = None) -> int:
         """As MqttClient.send_many: stops after a publish refused at once."""
         self.batches.append(len(entries))
         for taken, (topic, payload, token) in enumerate(entries, 1):
@@ -40,17 +41,26 @@ class FakeClient:
             self.send(topic, payload, done, token)
             if len(self.sent) == before:
                 return taken
+            if done_many is not None:
+                self.sent[-1] += (done_many,)
         return len(entries)
 
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self.published.append((topic, payload))
 
     def ack(self) -> None:
-        _, _, done, token = self.sent.popleft()
+        _, _, done, token, *_ = self.sent.popleft()
         done(token, None)
 
+    def ack_together(self, n: int) -> None:
+        """Ends the ``n`` oldest as one run of PUBACKs read at once would:
+        through send_many's ``done_many``."""
+        ended = [self.sent.popleft() for _ in range(n)]
+        assert all(len(e) == 5 and e[4] == ended[0][4] for e in ended)
+        ended[0][4]([e[3] for e in ended])
+
     def fail(self) -> None:
-        _, _, done, token = self.sent.popleft()
+        _, _, done, token, *_ = self.sent.popleft()
         done(token, MqttError("the broker refused the publish"))
 
 
@@ -221,6 +231,26 @@ def test_a_chunk_of_results_goes_out_in_one_batch_and_each_is_released_by_its_pu
         for _ in range(4):
             client.ack()
         assert books.released == ["in2", "in3", "in0", "in1"] and not sender.busy
+
+    asyncio.run(main())
+
+
+def test_results_acknowledged_together_release_their_inputs_once_in_order():
+    async def main():
+        books = Books()
+        sender = books.sender(timeout_s=0.1)
+        client = FakeClient()
+        sender.attach(client)
+        sender.send_many([("t/0", b"0", ("in0", "in0b"), "id0")])
+        await _until(lambda: books.abandoned)  # past its deadline, and no outbox
+        assert books.abandoned == ["in0", "in0b"] and not books.released
+        sender.send_many([(f"t/{n}", b"%d" % n, (f"in{n}",), f"id{n}") for n in (1, 2, 3)])
+        # One run of PUBACKs: the late one (dealt with already) and the next two.
+        client.ack_together(3)
+        assert books.released == ["in1", "in2"] and sender.busy
+        client.ack_together(1)
+        assert books.released == ["in1", "in2", "in3"] and not sender.busy
+        assert books.abandoned == ["in0", "in0b"]
 
     asyncio.run(main())
 
