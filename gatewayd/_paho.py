@@ -234,11 +234,39 @@ class LeanClient(paho.Client):
         (the queue is full, a topic or size no PUBLISH may carry) and
         returns how many it queued; the caller's ``publish_lean`` of the
         next one then says why."""
-        queue = self._queue_lean
-        for queued, (topic, payload, token) in enumerate(entries):
-            if queue(topic, payload, False, done, token) is not None:
+        # _queue_lean and _mid_generate inline, for what results are made of:
+        # a topic checked before, a packet of 128 bytes to 16 KiB.
+        heads, lean, unsent, out = self._topic_heads, self._lean, self._lean_unsent, \
+            self._out_messages
+        limit = self._max_queued_messages
+        v5 = self._protocol == _V5
+        extra = 3 if v5 else 2  # the packet id, (a property length of 0)
+        queued = 0
+        with self._mid_generate_mutex:
+            mid = self._last_mid
+            for topic, payload, token in entries:
+                head = heads.get(topic)
+                if head is None or (limit > 0 and len(lean) + len(out) >= limit):
+                    break
+                size = len(head) + len(payload) + extra
+                if not 128 <= size < 16384:
+                    break
+                while True:
+                    mid = mid + 1 if mid < 65535 else 1
+                    if mid not in lean and mid not in out:
+                        break
+                lean[mid] = _Lean(b"".join((
+                    bytes((0x32, (size & 0x7F) | 0x80, size >> 7)), head,
+                    (mid << 8).to_bytes(3, "big") if v5 else mid.to_bytes(2, "big"), payload)),
+                    done, token)
+                unsent.append(mid)
+                queued += 1
+            self._last_mid = mid
+        for topic, payload, token in entries[queued:]:
+            if self._queue_lean(topic, payload, False, done, token) is not None:
                 return queued
-        return len(entries)
+            queued += 1
+        return queued
 
     def _queue_lean(self, topic: bytes, payload: bytes, retain: bool, done: LeanDone,
                     token: Any) -> str | None:
@@ -262,8 +290,11 @@ class LeanClient(paho.Client):
         if size > _MAX_PACKET:
             return "payload too large for an MQTT packet"
         mid = self._mid_generate()
+        command = 0x33 if retain else 0x32
         packet = b"".join((
-            _fixed_header(0x33 if retain else 0x32, size), head,
+            # _fixed_header, inline for a result record's size
+            bytes((command, (size & 0x7F) | 0x80, size >> 7)) if 128 <= size < 16384 else
+            _fixed_header(command, size), head,
             # the packet id, then (MQTT 5) a property length of 0
             (mid << 8).to_bytes(3, "big") if v5 else mid.to_bytes(2, "big"), payload))
         lean[mid] = _Lean(packet, done, token)

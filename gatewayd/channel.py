@@ -98,6 +98,26 @@ class Channel(Generic[T]):
         """Whether ``send`` of an item of this weight would not wait now."""
         return not self._closed and self._fits(weight)
 
+    def room(self) -> int:
+        """How many items of weight one ``send`` would take now without waiting."""
+        if self._closed:
+            return 0
+        # An item heavier than the whole channel may have passed when it was empty.
+        return max(0, self.capacity - self._depth) if self._depth else self.capacity
+
+    def send_many_nowait(self, items: list[T]) -> None:
+        """Appends items of weight one, in order, that ``room()`` said there
+        is room for; no overflow policy applies."""
+        if self._closed:
+            raise ChannelClosed(f"channel {self.name!r} is closed")
+        if not items:
+            return
+        self._items.extend([(item, 1) for item in items])
+        self._depth += len(items)
+        self._sent += len(items)
+        self._peak = max(self._peak, self._depth)
+        self._readable.set()
+
     def send_nowait(self, item: T, weight: int = 1) -> list[T]:
         """Never waits. Returns what the overflow policy dropped to make room:
         the oldest items under drop_oldest, else the new item itself when full."""
@@ -129,6 +149,20 @@ class Channel(Generic[T]):
             return None
         self._received += 1
         return self._pop()
+
+    def receive_many_nowait(self, limit: int) -> list[T]:
+        """The oldest items, up to ``limit`` of them; none when it is empty."""
+        items = self._items
+        count = min(limit, len(items))
+        if count <= 0:
+            return []
+        taken = [items.popleft() for _ in range(count)]
+        self._depth -= sum([weight for _, weight in taken])
+        self._received += count
+        self._writable.set()
+        if not items:
+            self._readable.clear()
+        return [item for item, _ in taken]
 
     def close(self) -> None:
         """No more sends; receivers drain what is left, then see ChannelClosed."""

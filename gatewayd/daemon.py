@@ -444,18 +444,19 @@ class Daemon:
         counted: dict[tuple[str, str], int] = {}
         added = False
         mqtt = self._mqtt
+        routes, streams = self._routes, self._streams  # memos of _route and _stream
         for n, message in enumerate(messages, 1):
             if not n % 16:
                 # The broker's window of our publishes turns only when its
                 # PUBACKs are read: not once the whole drain is decoded.
                 mqtt.poll()
-            route = self._route(message.topic)
+            route = routes.get(message.topic, ()) or self._route(message.topic)
             if route is None:
                 self._refuse(message)
                 continue
             kind, source = route
-            ticket = _Ticket(self._mqtt, message,
-                             self._stream(source) if kind == "gps" else None)
+            ticket = _Ticket(mqtt, message, None if kind != "gps" else
+                             streams.get(source) or self._stream(source))
             self._open += 1
             counted[route] = counted.get(route, 0) + 1
             try:
@@ -498,6 +499,15 @@ class Daemon:
         """Decodes one input message into the intake; True if it made items."""
         payload = ticket.message.payload
         limit = self.config.pipeline.max_payload_bytes
+        if kind == "gps" and payload[:1] == b"{" and len(payload) <= limit:
+            # A TPV: one item, and no GPS cycle to wait for (_gps and _accept, inline).
+            stream, ticket.stream = ticket.stream, None
+            assert stream is not None
+            ticket.holds += 1
+            ticket.waiting = False
+            self._mqtt_inbox.append(self._tpv_item(payload, source, received_at, ticket,
+                                                   stream))
+            return True
         tokens = (ticket,)
         released: tuple[object, ...] = ()
         if len(payload) > limit:
@@ -544,14 +554,7 @@ class Daemon:
             head = payload.lstrip()[:1]
         if head == b"{":
             ticket.stream = None  # a TPV is a fix of its own: no cycle holds it
-            try:
-                tpv, members = gps_json_fix(payload)
-            except DecodeError as exc:
-                return [ingest.dead(source, records.input_digest(payload), received_at,
-                                    exc.reason, str(exc), tokens=(ticket,))], ()
-            # One message, one fix: its id comes from the message's bytes.
-            return stream.tpv(tpv, received_at, ticket, records.input_digest(payload),
-                              members), ()
+            return [self._tpv_item(payload, source, received_at, ticket, stream)], ()
         self._last_data[source] = time.monotonic()
         before = stream.decoder.bad_checksums
         items, released = stream.nmea(payload, received_at, ticket)
@@ -559,6 +562,18 @@ class Daemon:
         if bad > 0:
             self._counts["bad_checksums"] += bad
         return items, released
+
+    def _tpv_item(self, payload: bytes, source: str, received_at: str, ticket: _Ticket,
+                  stream: ingest.GpsStream) -> Item:
+        """A gpsd TPV or OwnTracks message's item: its fix, named by the
+        message's bytes (one message, one fix), or its dead letter."""
+        digest = records.input_digest(payload)
+        try:
+            tpv, members = gps_json_fix(payload)
+        except DecodeError as exc:
+            return ingest.dead(source, digest, received_at, exc.reason, str(exc),
+                               tokens=(ticket,))
+        return stream.tpv(tpv, received_at, ticket, digest, members)[0]
 
     def _stream(self, source: str) -> ingest.GpsStream:
         stream = self._streams.get(source)
@@ -648,16 +663,16 @@ class Daemon:
             for backlog in list(self._backlogs.values()):
                 if backlog.items:
                     items = backlog.items
-                    while not throttled and items and pipeline.offer(items[0]):
-                        items.popleft()
+                    if not throttled:
+                        pipeline.offer_many(items)
                     if items:
                         await pipeline.put(items.popleft())
                     moved = True
                 await backlog.refill()
                 moved = moved or bool(backlog.items)
             if inbox:
-                while not throttled and inbox and pipeline.offer(inbox[0]):
-                    inbox.popleft()
+                if not throttled:
+                    pipeline.offer_many(inbox)
                 if inbox:
                     await pipeline.put(inbox.popleft())
                 moved = True
@@ -743,8 +758,10 @@ class Daemon:
         for record, tokens in outputs:
             if isinstance(record, records.LineRecord):  # a fix: its line is all there is
                 kind, source, record_id = record.kind, record.source, record.id
+                line = record.line
             else:
                 kind, source, record_id = record["kind"], record["source"], record["id"]
+                line = None
             topic = topics.get((kind, source))
             if topic is None:
                 if len(topics) >= 4096:  # sources come and go: the memo stays bounded
@@ -765,7 +782,8 @@ class Daemon:
 
                 self._audit.append(lineage_event(
                     record.fields() if isinstance(record, records.LineRecord) else record))
-            sends.append((topic, records.dumps(record).encode(), tokens, record_id))
+            sends.append((topic, (line if line is not None else records.dumps(record)).encode(),
+                          tokens, record_id))
         self._results.send_many(sends)
         self._counts["records"] += len(outputs)
         self._progress += len(outputs)

@@ -14,6 +14,7 @@ import json
 import json.scanner
 import math
 import operator
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -71,11 +72,17 @@ def gps_json_fix(data: bytes) -> tuple[dict[str, Any], str | None]:
     (None)."""
     if type(data) is not bytes:
         data = bytes(data)  # a bytearray or memoryview, say: what follows slices bytes
-    fix = ffi.new("gw_tpv *")
+    try:
+        fix = _mine.fix
+    except AttributeError:
+        fix = _mine.fix = ffi.new("gw_tpv *")
     if lib.gw_tpv_parse(data, len(data), fix):
         return _plain_tpv(data, fix)
     return _json_tpv(data), None
 
+
+# Each thread's gw_tpv, which gw_tpv_parse fills in anew for every document.
+_mine = threading.local()
 
 # gw_tpv's values, by bit of gw_tpv.present, with "alt" named altMSL where
 # the document has no "altMSL" (bit 13 of a plan's key says it has one).

@@ -219,7 +219,9 @@ class Pipeline:
         self._chunk_ids = itertools.count()
         self._slots = asyncio.Semaphore(settings.in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._done: dict[int, list[Output]] = {}
+        # Chunks done, by their first item: the item after their last, and
+        # their records (a chunk's items are consecutive in the queue).
+        self._done: dict[int, tuple[int, list[Output]]] = {}
         self._next_emit = 0
         self._refusals: dict[tuple[str, str], tuple[float, int]] = {}  # last line, held since
 
@@ -258,6 +260,27 @@ class Pipeline:
         self.queue.send_nowait((next(self._seq), item), weight)
         return True
 
+    def offer_many(self, items: collections.deque[Item]) -> int:
+        """``offer`` of the items at the front of ``items``, in order, while
+        the queue has room for them: those queued are taken off ``items``.
+        Returns how many were queued."""
+        queue, seq = self.queue, self._seq
+        moved = 0
+        while items:
+            room = queue.room()
+            run: list[tuple[int, Item]] = []
+            while items and len(run) < room and type(items[0]) is FixItem:  # weight one
+                run.append((next(seq), items.popleft()))
+            if run:
+                queue.send_many_nowait(run)
+                moved += len(run)
+                continue
+            if not self.offer(items[0]):
+                break
+            items.popleft()
+            moved += 1
+        return moved
+
     def close(self) -> None:
         self.queue.close()
 
@@ -267,11 +290,15 @@ class Pipeline:
         """Runs until the queue is closed and every chunk's records are out."""
         batch: list[tuple[int, Item]] = []
         filled = 0  # the batch's fixes or polygons
+        taken: collections.deque[tuple[int, Item]] = collections.deque()  # off the queue
         while True:
             try:
                 # What is queued already is taken without a wait (and without
-                # the task that wait_for makes each time).
-                entry = self.queue.receive_nowait()
+                # the task that wait_for makes each time), a chunk's worth at once.
+                if not taken:
+                    taken.extend(self.queue.receive_many_nowait(
+                        max(1, max(1, self.chunk_size) - filled)))
+                entry = taken.popleft() if taken else None
                 if entry is None and batch and not self._tasks:
                     # Nothing in flight: a partial chunk goes now, so that a lone
                     # fix is not held back; under load, chunks fill while others run.
@@ -335,23 +362,27 @@ class Pipeline:
                 out = self._chunk_failed(batch, "error", f"{type(exc).__name__}: {exc}")
             self.stats.chunks += 1
             # Records of a chunk are released together, at its first item's place.
-            self._done[batch[0][0]] = out
-            for seq, _ in batch[1:]:
-                self._done[seq] = []
+            head, tail = batch[0][0], batch[-1][0]
+            if tail - head == len(batch) - 1:  # consecutive, as run() makes chunks
+                self._done[head] = (tail + 1, out)
+            else:
+                self._done[head] = (head + 1, out)
+                for seq, _ in batch[1:]:
+                    self._done[seq] = (seq + 1, [])
             await self._flush()
         finally:
             self._slots.release()
 
     async def _flush(self) -> None:
         while self._next_emit in self._done:
-            out = self._done.pop(self._next_emit)
+            after, out = self._done.pop(self._next_emit)
             if self._emit_many is not None:
                 if out:
                     await self._emit_many(out)
             else:
                 for record, tokens in out:
                     await self._emit(record, tokens)
-            self._next_emit += 1
+            self._next_emit = after
 
     def _chunk_id(self) -> str:
         return f"c{next(self._chunk_ids)}"

@@ -91,3 +91,37 @@ def test_close_wakes_a_sender_blocked_on_a_full_channel():
             await asyncio.wait_for(blocked, 1)
 
     run(main())
+
+
+def test_items_in_bulk_keep_the_bound_the_order_and_the_books():
+    async def main():
+        ch: Channel[int] = Channel(5)
+        assert ch.room() == 5
+        ch.send_many_nowait([1, 2, 3])
+        assert ch.room() == 2 and ch.stats().depth == 3
+        # A sender waiting for room is woken by a bulk receive.
+        ch.send_many_nowait([4, 5])
+        blocked = asyncio.create_task(ch.send(6))
+        await asyncio.sleep(0.01)
+        assert not blocked.done() and ch.room() == 0
+        assert ch.receive_many_nowait(2) == [1, 2]
+        await asyncio.wait_for(blocked, 1)
+        assert ch.receive_many_nowait(10) == [3, 4, 5, 6]
+        assert ch.receive_many_nowait(10) == [] and ch.receive_nowait() is None
+        stats = ch.stats()
+        assert (stats.sent, stats.received, stats.depth, stats.peak) == (6, 6, 0, 5)
+        # A receiver waiting on an empty channel is woken by a bulk send.
+        waiting = asyncio.create_task(ch.receive())
+        await asyncio.sleep(0.01)
+        ch.send_many_nowait([7, 8])
+        assert await asyncio.wait_for(waiting, 1) == 7
+        # Past an item heavier than the channel, there is no room for more.
+        assert ch.receive_many_nowait(1) == [8]
+        ch.send_nowait(9, weight=7)
+        assert ch.room() == 0
+        ch.close()
+        assert ch.room() == 0
+        with pytest.raises(ChannelClosed):
+            ch.send_many_nowait([10])
+
+    run(main())

@@ -6,6 +6,7 @@ projected coordinates, shapely for polygon validity)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -426,6 +427,41 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_pipeline_is_wedged(
     assert code == 0, daemon.output()
     assert any(n.startswith("STOPPING=1") for n in daemon.notes)
     assert "Traceback" not in daemon.output()
+
+
+def test_gps_json_over_mqtt_gives_a_fix_each_and_a_dead_letter_for_each_refused_one(
+        mosquitto, tmp_path):
+    sub = Subscriber(mosquitto.port)
+    daemon = Daemon(tmp_path, mosquitto.port)
+    sent = {
+        "truncated": b'{"class":"TPV","mode":2,"lat":48.78,',
+        "out of range": b'{"class":"TPV","mode":2,"lat":95.0,"lon":9.18}',
+        "not a TPV": b'{"class":"SKY","satellites":[]}',
+        "spaced": b' \r\n{"class":"TPV","mode":2,"lat":48.78,"lon":9.18}',
+        "alt": b'{"class":"TPV","mode":3,"lat":48.5,"lon":9.5,"alt":300.5,"speed":2}',
+    }
+    try:
+        daemon.wait_note("READY=1")
+        for payload in sent.values():
+            _publish(mosquitto.port, f"gatewayd/{GW}/in/gps/json", payload)
+        sub.wait_for(lambda: len(sub.records("/out/gps/json")) >= 2 and
+                     len(sub.records("/dead/json")) >= 3)
+        time.sleep(0.5)  # nothing more comes
+        fixes, dead = sub.records("/out/gps/json"), sub.records("/dead/json")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+        sub.close()
+    assert len(fixes) == 2 and len(dead) == 3
+    # Each named by the bytes of its message.
+    digest = {hashlib.sha256(p).hexdigest(): name for name, p in sent.items()}
+    assert sorted(digest[r["lineage"]["input_sha256"]] for r in dead) == \
+        ["not a TPV", "out of range", "truncated"]
+    assert all(r["reason"] == "bad_input" for r in dead)
+    spaced, alt = sorted(fixes, key=lambda r: r["lat"], reverse=True)
+    assert digest[spaced["lineage"]["input_sha256"]] == "spaced"
+    assert (spaced["lat"], spaced["lon"], spaced["mode"]) == (48.78, 9.18, 2)
+    # gpsd: "alt" is the old name of altMSL.
+    assert (alt["altMSL"], alt["speed"], alt["mode"]) == (300.5, 2.0, 3) and "alt" not in alt
 
 
 def test_status_without_a_daemon_says_so_in_one_line_and_exits_3(tmp_path):

@@ -935,5 +935,12 @@ def test_a_lean_publish_is_the_packet_the_specification_describes(v5: bool) -> N
                 mid = client._lean_unsent[-1]
                 assert client._lean[mid].packet == _publish(topic, payload, mid=mid, v5=v5,
                                                             retain=retain), (topic, size)
+            # A batch: a topic seen before, and one not (the first of each size).
+            fresh = b"fresh/%d" % size + topic
+            assert client.publish_lean_many([(t, payload, None) for t in (topic, fresh, topic)],
+                                            lambda *a: None) == 3
+            for mid, t in zip(list(client._lean_unsent)[-3:], (topic, fresh, topic)):
+                assert client._lean[mid].packet == _publish(t, payload, mid=mid, v5=v5), \
+                    (t, size)
     for bad in (b"", b"a/+", b"#", b"x" * 65536):
         assert "invalid topic" in str(client._queue_lean(bad, b"p", False, lambda *a: None, None))

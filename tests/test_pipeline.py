@@ -4,6 +4,7 @@ this process (the real worker pool has its own tests)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 from typing import Any
 
@@ -144,6 +145,38 @@ def test_the_chunk_size_can_change_while_running():
     sizes = [len(c.lonlat) for c in runner.chunks]
     assert max(sizes[:2]) == 100
     assert max(sizes[-4:]) <= 16
+
+
+def test_offer_many_queues_what_fits_in_order_and_leaves_the_rest():
+    runner = InProcessRunner()
+    out: list[dict] = []
+
+    async def emit(record: dict, tokens: tuple = ()) -> None:
+        out.append(record)
+
+    async def main() -> None:
+        pipeline = Pipeline(PipelineSettings(chunk_size=8, queue_size=10, crs_to="EPSG:32632"),
+                            runner, emit)
+        ring = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0))
+        polygon = PolygonItem(origin("sensors", "e" * 64, 0, "t"), "f0", ((ring,),), False)
+        items = collections.deque([_fix(i) for i in range(4)] + [polygon] +
+                                  [_fix(i) for i in range(4, 30)])
+        assert pipeline.offer_many(items) == 10  # the queue's bound, a polygon among them
+        assert pipeline.queue.stats().depth == 10 and len(items) == 21
+        assert pipeline.offer_many(items) == 0
+        task = asyncio.create_task(pipeline.run())
+        while items:
+            await asyncio.sleep(0)
+            pipeline.offer_many(items)
+        pipeline.close()
+        await task
+
+    processing.init(processing.WorkerSettings())
+    asyncio.run(main())
+    fixes = [r for r in out if r["kind"] == "gps_fix"]
+    assert [r["id"] for r in fixes] == [records.record_id("gps", "d" * 64, i) for i in range(30)]
+    assert [r["kind"] for r in out[3:6]] == ["gps_fix", "polygon", "gps_fix"]
+    assert all(len(c.lonlat) <= 8 for c in runner.chunks if hasattr(c, "lonlat"))
 
 
 def test_a_failed_chunk_becomes_one_dead_letter_naming_every_item():
