@@ -157,7 +157,10 @@ class GpsStream:
 
     def waits_for(self, token: object) -> bool:
         """Whether data of the input with this token waits in the open cycle."""
-        return any(t is token for t in self._waiting)
+        for t in self._waiting:  # noqa: SIM110  # one or two: no generator for so few
+            if t is token:
+                return True
+        return False
 
     def nmea(self, data: bytes, received_at: str, token: object | None = None
              ) -> tuple[list[Item], Tokens]:

@@ -613,6 +613,9 @@ class _FixRecords:
         self._lineage_tail = '",' + records.dumps_members(shared) + "}"
         self._crs_json = ',"crs":' + records.dumps_value(crs_to) + ',"zones":'
         self._zone_json: dict[tuple[str, ...], str] = {}
+        # The line's start up to the id, and from the id to the lineage's
+        # digest, by source and time of reception: a chunk has few of each.
+        self._source_json: dict[tuple[str, str], str] = {}
 
     def make(self, o: _Origin, record_id: str, tpv: dict[str, Any], x: float, y: float,
              zones: Sequence[str], members: str | None = None
@@ -629,13 +632,16 @@ class _FixRecords:
             return rec
         if members is None:
             members = _tpv_members(tpv)
+        key = (o.source, o.received_at)
+        after_id = self._source_json.get(key)
+        if after_id is None:
+            after_id = self._source_json[key] = \
+                '","source":' + _json_str(o.source) + ',"received_at":' + \
+                _json_str(o.received_at) + self._after_source + ',"lineage":{"input_sha256":"'
         # Ids and digests are hex: nothing in them to escape.
-        parts = ['{"kind":"gps_fix","id":"', record_id, '","source":', _json_str(o.source),
-                 ',"received_at":', _json_str(o.received_at), self._after_source,
-                 ',"lineage":{"input_sha256":"', o.input_sha256, self._lineage_tail]
-        if members:
-            parts += (",", members)
-        line = self._line_tail("".join(parts), x, y, zones)
+        line = self._line_tail(
+            f'{{"kind":"gps_fix","id":"{record_id}{after_id}{o.input_sha256}'
+            f'{self._lineage_tail}{"," if members else ""}{members}', x, y, zones)
         if self.lines:
             return records.LineRecord("gps_fix", record_id, o.source, line)
         rec = self._head(o, record_id)
