@@ -88,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import operator
@@ -214,6 +215,10 @@ class Message(NamedTuple):
     mid: int
     dup: bool = False
     delivery: int = 0
+
+
+# Message(...) without the Python frame of a named tuple's __new__.
+_new_message = functools.partial(tuple.__new__, Message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -938,9 +943,15 @@ class MqttClient:
         """PUBLISHes the LeanClient read together, in order of arrival."""
         messages = []
         topics = self._topics
-        register = self._register
+        self._counts["received"] += len(arrived)
+        unacked, by_delivery, ids = self._unacked, self._by_delivery, self._delivery_ids
         for topic, payload, qos, retain, mid, dup in arrived:
-            delivery = register(qos, mid)
+            delivery = 0  # _register, inline
+            if qos:
+                delivery = next(ids)
+                entry = _Delivery(mid, qos)
+                unacked.append(entry)
+                by_delivery[delivery] = entry
             text = topics.get(topic)
             if text is None:
                 try:
@@ -952,7 +963,7 @@ class MqttClient:
                 if len(topics) >= 1024:  # sources come and go: the memo stays bounded
                     topics.clear()
                 topics[topic] = text
-            messages.append(Message(text, payload, qos, retain, mid, dup, delivery))
+            messages.append(_new_message((text, payload, qos, retain, mid, dup, delivery)))
         if not (self._paused or self._parked):
             taken = self._deliver_many(messages)
             if taken == len(messages):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import itertools
 import json.encoder
 import logging
@@ -142,7 +143,11 @@ Item = FixItem | FixBatch | PolygonItem | FrameItem | DeadItem
 
 def origin(source: str, input_sha256: str, index: int, received_at: str,
            tokens: tuple[object, ...] = ()) -> _Origin:
-    return _Origin(source, input_sha256, index, received_at, tokens)
+    return _new_origin((source, input_sha256, index, received_at, tokens))
+
+
+# _Origin(...) without the Python frame of a named tuple's __new__.
+_new_origin = functools.partial(tuple.__new__, _Origin)
 
 
 class ChunkRunner(Protocol):
