@@ -15,11 +15,14 @@ loop. The client here is ``gatewayd._paho.LeanClient``: reads are buffered,
 and the plain packets of ingest (PUBLISH and PUBACK without properties) skip
 paho's per-packet objects. A readable event drains packet by packet, up to
 ``_read_batch``; the rest waits for the next turn, so one busy socket cannot
-starve the others. Bytes left in the read buffer or inside the TLS layer
-(``SSLSocket.pending()``) announce no readiness, so the drain, ``resume()``
-and the batch cap schedule the next drain themselves. ``on_drained`` tells
-the owner a drain is over, so that it can handle the drain's messages
-together. Measured by tests/bench/bench_mqtt_client.py.
+starve the others. A run of such packets read at once is handed over
+together: its messages to ``on_messages`` in one call, and the ends of our
+publishes it acknowledges to ``send_many``'s ``done_many``. Bytes left in
+the read buffer or inside the TLS layer (``SSLSocket.pending()``) announce
+no readiness, so the drain, ``resume()`` and the batch cap schedule the next
+drain themselves. ``on_drained`` tells the owner a drain is over, so that it
+can handle the drain's messages together. Measured by
+tests/bench/bench_mqtt_client.py.
 
 Writing. What paho queues is written at the end of the turn that queued it
 (queued packets joined into one send), and during a drain as soon as PUBACKs
@@ -37,7 +40,8 @@ Acknowledgements. The client is made with ``manual_ack=True``: a QoS 1 message
 is PUBACKed only after the owner calls ``ack(message)``, once the message's
 results are safe. MQTT requires PUBACKs in the order the PUBLISHes arrived, so
 acks go through an ordered queue: ``ack()`` marks a delivery done and PUBACKs
-go out for the longest done prefix of the queue. A message acked early waits
+go out for the longest done prefix of the queue (``ack_many()`` marks many,
+and their PUBACKs go out in one write). A message acked early waits
 for the older ones; one never acked holds back every later PUBACK. When the
 link drops, the queue is forgotten: the broker sends the unacknowledged
 messages again (with DUP set) on the persistent session, so delivery is at
