@@ -14,6 +14,7 @@ import json
 import json.scanner
 import math
 import operator
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -73,16 +74,23 @@ def gps_json_fix(data: bytes) -> tuple[dict[str, Any], str | None]:
     if type(data) is not bytes:
         data = bytes(data)  # a bytearray or memoryview, say: what follows slices bytes
     try:
-        fix = _mine.fix
+        fix, view = _mine.fix
     except AttributeError:
-        fix = _mine.fix = ffi.new("gw_tpv *")
+        fix = ffi.new("gw_tpv *")
+        fix, view = _mine.fix = fix, ffi.buffer(fix)
     if lib.gw_tpv_parse(data, len(data), fix):
-        return _plain_tpv(data, fix)
+        return _plain_tpv(data, view)
     return _json_tpv(data), None
 
 
-# Each thread's gw_tpv, which gw_tpv_parse fills in anew for every document.
+# Each thread's gw_tpv, which gw_tpv_parse fills in anew for every document,
+# and a view of its bytes.
 _mine = threading.local()
+# gw_tpv up to its members' text, read in one call: mode, present,
+# alt_msl_named, time_start, time_len, values, members_len (native layout).
+_TPV_HEAD = struct.Struct("@iIiqq13dq")
+assert _TPV_HEAD.size == ffi.offsetof("gw_tpv", "members"), "gw_tpv's layout changed"
+_MEMBERS = _TPV_HEAD.size
 
 # gw_tpv's values, by bit of gw_tpv.present, with "alt" named altMSL where
 # the document has no "altMSL" (bit 13 of a plan's key says it has one).
@@ -104,20 +112,20 @@ def _tpv_plan(key: int) -> _Plan:
     return plan
 
 
-def _plain_tpv(data: bytes, fix: Any) -> tuple[dict[str, Any], str]:
-    mode = fix.mode
+def _plain_tpv(data: bytes, view: Any) -> tuple[dict[str, Any], str]:
+    # view: the bytes of the gw_tpv that gw_tpv_parse wrote
+    mode, present, alt_msl_named, start, time_len, *numbers, size = \
+        _TPV_HEAD.unpack_from(view)
     tpv: dict[str, Any] = {"class": "TPV", "mode": mode}
-    start = fix.time_start
     if start >= 0:
         # Printable ASCII without quotes or backslashes: json writes it as it is.
-        tpv["time"] = time = data[start:start + fix.time_len].decode("ascii")
-    key = fix.present | fix.alt_msl_named << len(_TPV_NUMBERS)
+        tpv["time"] = time = data[start:start + time_len].decode("ascii")
+    key = present | alt_msl_named << len(_TPV_NUMBERS)
     names, pick, template = _tpv_plans.get(key) or _tpv_plan(key)
-    values = pick(ffi.unpack(fix.values, len(_TPV_NUMBERS))) if names else ()
+    values = pick(numbers) if names else ()
     tpv.update(zip(names, values))
-    size = fix.members_len
     if size >= 0:
-        return tpv, ffi.unpack(fix.members, size).decode("ascii")
+        return tpv, view[_MEMBERS:_MEMBERS + size].decode("ascii")
     head = f'"mode":{mode},"time":"{time}"' if start >= 0 else f'"mode":{mode}'
     return tpv, head + template.format(*values)
 

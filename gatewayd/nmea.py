@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,6 +55,8 @@ _LAT, _LON = _VALUES.index("lat"), _VALUES.index("lon")
 _FIX_DTYPE = np.dtype([("offset", "<i8"), ("mode", "<i4"), ("present", "<u4"),
                        ("values", "<f8", (len(_VALUES),)), ("time", "S24")])
 _FIX_CAPACITY = 1024  # fixes per call into C; a 64 KiB block makes about 150
+_FIX = struct.Struct(f"<qiI{len(_VALUES)}d24s")  # one gw_fix, as _FIX_DTYPE has it
+assert _FIX.size == _FIX_DTYPE.itemsize == ffi.sizeof("gw_fix"), "gw_fix's layout changed"
 _T = TypeVar("_T")
 
 
@@ -176,13 +179,20 @@ def _fields_of(rows: np.ndarray, written: list[str | None] | None
                ) -> list[tuple[dict[str, Any], str]]:
     """Each fix's TPV fields, and, where ``written`` gives the members C wrote
     (see ``_members_json``), the same as JSON members ("" without them)."""
-    out = []
-    text = ""
     # Two conversions to Python values in all: numpy's per call costs more
     # than a fix's worth of work on the one-fix blocks of MQTT input.
+    return _fields_from(rows[["mode", "present", "time"]].tolist(), rows["values"].tolist(),
+                        written)
+
+
+def _fields_from(heads: list[tuple[int, int, bytes]], rows: list[Sequence[float]],
+                 written: list[str | None] | None) -> list[tuple[dict[str, Any], str]]:
+    """``_fields_of`` of fixes as Python values: each one's (mode, present,
+    time) and values."""
+    out = []
+    text = ""
     for (mode, present, stamp), values, done in zip(
-            rows[["mode", "present", "time"]].tolist(), rows["values"].tolist(),
-            itertools.repeat(None) if written is None else written):
+            heads, rows, itertools.repeat(None) if written is None else written):
         time = stamp.decode("ascii")  # gpsd's ISO 8601: ASCII, NUL-padded as S24
         fields: dict[str, Any] = {"time": time, "mode": mode} if time else {"mode": mode}
         names, pick, status, members = _plans.get(present) or _plan(present)
@@ -199,16 +209,18 @@ def _fields_of(rows: np.ndarray, written: list[str | None] | None
     return out
 
 
-def _members_json(rows: np.ndarray, out: Any = None, text: Any = None, ends: Any = None
-                  ) -> list[str | None]:
+def _members_json(rows: np.ndarray | None, out: Any = None, text: Any = None,
+                  ends: Any = None, count: int = -1) -> list[str | None]:
     """Each fix's values as JSON members, written in C as json.dumps would
     write them (None for a fix Python must write: see gw_fix_json). ``out``:
     the C array ``rows`` is a view of, if it is one; ``text`` and ``ends``:
-    buffers to write into, if they are large enough for ``rows``."""
-    n = len(rows)
+    buffers to write into, if they are large enough for ``rows``; ``count``:
+    how many fixes of ``out`` there are, in place of ``rows``."""
+    n = len(rows) if rows is not None else count
     if not n:
         return []
     if out is None:
+        assert rows is not None
         rows = np.ascontiguousarray(rows)
         out = ffi.from_buffer("gw_fix[]", rows)
     cap = n * _JSON_PER_FIX
@@ -263,7 +275,8 @@ class NmeaDecoder:
         lib.gw_nmea_init(self._state)
         self._stats = self._state.stats  # a view into the state: one step less to read
         self._out = ffi.new("gw_fix[]", _FIX_CAPACITY)
-        self._rows = np.frombuffer(ffi.buffer(self._out), dtype=_FIX_DTYPE)
+        self._view = ffi.buffer(self._out)
+        self._rows = np.frombuffer(self._view, dtype=_FIX_DTYPE)
         self._consumed = ffi.new("int64_t *")
         # Where feed_fields has C write a few fixes' members (more take their own).
         self._text = ffi.new("char[]", _FEW_FIXES * _JSON_PER_FIX)
@@ -325,6 +338,10 @@ class NmeaDecoder:
         return Fixes(self._rows[:count].copy())
 
     def _fields_json(self, count: int) -> list[tuple[dict[str, Any], str]]:
+        if count == 1:  # one cycle (an MQTT message): read without numpy, in one call
+            _, mode, present, *values, stamp = _FIX.unpack_from(self._view)
+            return _fields_from([(mode, present, stamp.rstrip(b"\0"))], [values],
+                                _members_json(None, self._out, self._text, self._ends, 1))
         rows = self._rows[:count]
         return _fields_of(rows, _members_json(rows, self._out, self._text, self._ends))
 
@@ -332,13 +349,17 @@ class NmeaDecoder:
         """Decodes ``buf``: what ``take(count)`` makes of each run of fixes C
         writes to ``self._out`` (which the next run overwrites)."""
         enders = self._state.enders
-        data = ffi.from_buffer("uint8_t[]", buf)
+        # Bytes go to C as they are; other buffers, and bytes from an offset,
+        # through a pointer.
+        data: Any = buf if type(buf) is bytes else ffi.from_buffer("uint8_t[]", buf)
         parts = []
         start = 0
         while True:
-            count = lib.gw_nmea_decode(self._state, data + start, len(buf) - start,
-                                       self._offset + start, MAX_SENTENCE, final, self._out,
-                                       _FIX_CAPACITY, self._consumed)
+            if start and type(data) is bytes:
+                data = ffi.from_buffer("uint8_t[]", buf)
+            count = lib.gw_nmea_decode(self._state, data + start if start else data,
+                                       len(buf) - start, self._offset + start, MAX_SENTENCE,
+                                       final, self._out, _FIX_CAPACITY, self._consumed)
             if count:
                 parts.append(take(count))
             consumed = self._consumed[0]
