@@ -71,9 +71,6 @@ class _Ticket:
         self.stream = stream  # the GPS stream whose open cycle may hold its data
         self.acked = False
 
-    def still_waiting(self) -> bool:
-        return self.stream is not None and self.stream.waits_for(self)
-
 
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None = None,
@@ -523,7 +520,7 @@ class Daemon:
             assert ticket.stream is not None
             items, released = self._gps(payload, source, received_at, ticket, ticket.stream)
         self._accept(source, items, released, serial=False, notify=False)
-        stream = ticket.stream  # still_waiting() and _settle(), inline
+        stream = ticket.stream  # its data may wait in the stream's open cycle
         ticket.waiting = stream is not None and stream.waits_for(ticket)
         if ticket.holds <= 0 and not ticket.waiting:
             self._ack(ticket)
@@ -630,7 +627,7 @@ class Daemon:
             if isinstance(token, _Ticket):
                 token.holds -= 1
                 if token.holds <= 0:
-                    stream = token.stream  # still_waiting(), inline
+                    stream = token.stream  # its data may wait in the stream's open cycle
                     token.waiting = stream is not None and stream.waits_for(token)
                     if not token.waiting and not token.acked:
                         token.acked = True

@@ -1035,7 +1035,7 @@ class MqttClient:
         try:
             return max(0, min(len(messages), many(messages)))
         except Exception:
-            logger.exception("handling %d MQTT messages from %r on failed; acking them",
+            logger.exception("handling %d MQTT messages (the first on %r) failed; acking them",
                              len(messages), messages[0].topic)
             for message in messages:
                 self._ack(message.delivery)

@@ -618,8 +618,8 @@ class _FixRecords:
         self._lineage_tail = '",' + records.dumps_members(shared) + "}"
         self._crs_json = ',"crs":' + records.dumps_value(crs_to) + ',"zones":'
         self._zone_json: dict[tuple[str, ...], str] = {}
-        # The line's start up to the id, and from the id to the lineage's
-        # digest, by source and time of reception: a chunk has few of each.
+        # What comes between a fix's id and its input's digest in its line, by
+        # source and time of reception: a chunk has few of each.
         self._source_json: dict[tuple[str, str], str] = {}
 
     def make(self, o: _Origin, record_id: str, tpv: dict[str, Any], x: float, y: float,

@@ -436,6 +436,41 @@ def test_a_failing_message_handler_does_not_hold_back_later_acks(
     assert "handling the MQTT message on 'fail/x' failed" in caplog.text
 
 
+def test_a_failing_handler_of_many_has_them_acked_and_takes_later_ones(
+        mosquitto_module: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    broker = mosquitto_module
+
+    async def main() -> None:
+        got: list[Message] = []
+        failed: list[int] = []
+
+        def take(messages: list[Message]) -> int:
+            if not failed:
+                failed.append(len(messages))
+                raise ValueError("cannot handle these")
+            got.extend(messages)
+            client.ack_many(messages)
+            return len(messages)
+
+        client = MqttClient(settings(broker), lambda m: None,
+                            subscriptions=[("failmany/#", 1)], on_messages=take)
+        async with client:
+            await client.wait_ready()
+            await mosquitto_pub(broker, "failmany/x", numbered(5))
+            await until(lambda: failed and len(got) + failed[0] == 5)
+            # The first run's messages were acked as they failed; the rest came.
+            assert [m.payload for m in got] == numbered(5)[failed[0]:]
+            await until(lambda: client.stats().acked == 5)
+        got.clear()
+        async with client:  # nothing comes again on the persistent session
+            await client.wait_ready()
+            await asyncio.sleep(0.3)
+            assert got == []
+
+    arun(main())
+    assert "handling " in caplog.text and "(the first on 'failmany/x') failed" in caplog.text
+
+
 # ---- publishing ----
 
 def test_publish_returns_once_the_broker_acknowledged_it(mosquitto_module: Broker) -> None:
