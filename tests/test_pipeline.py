@@ -428,3 +428,21 @@ def test_a_record_made_with_its_json_line_cannot_be_changed_only_copied():
     copy = dict(rec)
     copy["x"] = 1.0
     assert '"x":1.0' in records.dumps(copy) and records.dumps(rec) == rec.line
+
+
+def test_utc_now_is_datetimes_utc_time_to_the_millisecond():
+    from datetime import UTC, datetime
+
+    def oracle() -> str:  # ISO 8601, milliseconds cut, as datetime writes it
+        return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    import time
+
+    seconds = set()
+    deadline = time.monotonic() + 1.1  # across many milliseconds, and a second
+    while time.monotonic() < deadline:
+        before, now, after = oracle(), records.utc_now(), oracle()
+        seconds.add(now[:19])
+        assert before <= now <= after, (before, now, after)
+        assert len(now) == 24 and now.endswith("Z")
+    assert len(seconds) >= 2
