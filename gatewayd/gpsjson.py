@@ -89,7 +89,8 @@ _mine = threading.local()
 # gw_tpv up to its members' text, read in one call: mode, present,
 # alt_msl_named, time_start, time_len, values, members_len (native layout).
 _TPV_HEAD = struct.Struct("@iIiqq13dq")
-assert _TPV_HEAD.size == ffi.offsetof("gw_tpv", "members"), "gw_tpv's layout changed"
+if _TPV_HEAD.size != ffi.offsetof("gw_tpv", "members"):  # pragma: no cover - a build error
+    raise ImportError("gw_tpv's layout is not the one gpsjson reads")
 _MEMBERS = _TPV_HEAD.size
 
 # gw_tpv's values, by bit of gw_tpv.present, with "alt" named altMSL where

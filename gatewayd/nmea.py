@@ -56,7 +56,8 @@ _FIX_DTYPE = np.dtype([("offset", "<i8"), ("mode", "<i4"), ("present", "<u4"),
                        ("values", "<f8", (len(_VALUES),)), ("time", "S24")])
 _FIX_CAPACITY = 1024  # fixes per call into C; a 64 KiB block makes about 150
 _FIX = struct.Struct(f"<qiI{len(_VALUES)}d24s")  # one gw_fix, as _FIX_DTYPE has it
-assert _FIX.size == _FIX_DTYPE.itemsize == ffi.sizeof("gw_fix"), "gw_fix's layout changed"
+if not _FIX.size == _FIX_DTYPE.itemsize == ffi.sizeof("gw_fix"):  # pragma: no cover
+    raise ImportError("gw_fix's layout is not the one nmea reads")  # a build error
 _T = TypeVar("_T")
 
 
