@@ -98,15 +98,6 @@ def _fresh_in_packet() -> Any:  # paho's _InPacket
             "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
 
 
-def _fixed_header(command: int, size: int) -> bytes:
-    """A packet's first byte and its remaining length ``size``."""
-    if size < 128:
-        return bytes((command, size))
-    if size < 16384:  # a result record's size: two bytes
-        return bytes((command, (size & 0x7F) | 0x80, size >> 7))
-    return bytes((command,)) + _remaining_length(size)
-
-
 def _remaining_length(size: int) -> bytes:
     if size < 128:
         return bytes((size,))
@@ -290,11 +281,9 @@ class LeanClient(paho.Client):
         if size > _MAX_PACKET:
             return "payload too large for an MQTT packet"
         mid = self._mid_generate()
-        command = 0x33 if retain else 0x32
+        command = 0x33 if retain else 0x32  # QoS 1
         packet = b"".join((
-            # _fixed_header, inline for a result record's size
-            bytes((command, (size & 0x7F) | 0x80, size >> 7)) if 128 <= size < 16384 else
-            _fixed_header(command, size), head,
+            bytes((command,)), _remaining_length(size), head,
             # the packet id, then (MQTT 5) a property length of 0
             (mid << 8).to_bytes(3, "big") if v5 else mid.to_bytes(2, "big"), payload))
         lean[mid] = _Lean(packet, done, token)
@@ -359,13 +348,20 @@ class LeanClient(paho.Client):
             self._lean_tail = tail
         self._call_socket_register_write()
 
-    def _lean_acked(self, mid: int, reason: int) -> bool:
-        """Completes the lean publish ``mid``; False if it is none in flight."""
+    def _lean_take(self, mid: int) -> _Lean | None:
+        """Takes the lean publish ``mid`` out of flight; None if it is none in flight."""
         entry = self._lean.get(mid)
         if entry is None or entry.state != _IN_FLIGHT:
-            return False
+            return None
         del self._lean[mid]
         self._inflight_messages -= 1
+        return entry
+
+    def _lean_acked(self, mid: int, reason: int) -> bool:
+        """Completes the lean publish ``mid``; False if it is none in flight."""
+        entry = self._lean_take(mid)
+        if entry is None:
+            return False
         if reason >= 0x80:
             entry.done(entry.token, ReasonCode(PacketTypes.PUBACK, identifier=reason))
         else:
@@ -488,7 +484,6 @@ class LeanClient(paho.Client):
         arrived: list[tuple[bytes, bytes, int, bool, int, bool]] = []
         acked: list[_Lean] | None = [] if self.on_lean_acked is not None else None
         manual = self._manual_ack
-        lean = self._lean
         done = 0
         for header, a, b, c, d, e, end in zip(entries, entries, entries, entries, entries,
                                               entries, entries):
@@ -506,14 +501,14 @@ class LeanClient(paho.Client):
                     if self._sock is not sock or (stop is not None and stop()):
                         return done, _OK, True
                 continue
-            # packet id a, reason b, body [d:e]
-            entry = lean.get(a)
-            if acked is not None and entry is not None and entry.state == _IN_FLIGHT and \
-                    b < 0x80 and not self._out_messages:
-                del lean[a]
-                self._inflight_messages -= 1
-                acked.append(entry)
-                continue
+            # packet id a, reason b, body [d:e]. A success, while paho has
+            # none of its own held back (_lean_acked lets those out): ended
+            # with the run.
+            if acked is not None and b < 0x80 and not self._out_messages:
+                entry = self._lean_take(a)
+                if entry is not None:
+                    acked.append(entry)
+                    continue
             self._hand_run(arrived, acked)
             if not self._lean_acked(a, b):
                 rc = self._handle_whole(header, e - d, buf, d, e)

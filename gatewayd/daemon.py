@@ -496,15 +496,20 @@ class Daemon:
         """Decodes one input message into the intake; True if it made items."""
         payload = ticket.message.payload
         limit = self.config.pipeline.max_payload_bytes
-        if kind == "gps" and payload[:1] == b"{" and len(payload) <= limit:
-            # A TPV: one item, and no GPS cycle to wait for (_gps and _accept, inline).
-            stream, ticket.stream = ticket.stream, None
-            assert stream is not None
-            ticket.holds += 1
-            ticket.waiting = False
-            self._mqtt_inbox.append(self._tpv_item(payload, source, received_at, ticket,
-                                                   stream))
-            return True
+        if kind == "gps" and len(payload) <= limit:
+            head = payload[:1]
+            if head.isspace():
+                head = payload.lstrip()[:1]
+            if head == b"{":
+                # GPS JSON: one item, a fix of its own, which no GPS cycle holds
+                # (what _accept and the end of this method do, for one item).
+                stream, ticket.stream = ticket.stream, None
+                assert stream is not None
+                ticket.holds += 1
+                ticket.waiting = False
+                self._mqtt_inbox.append(self._tpv_item(payload, source, received_at, ticket,
+                                                       stream))
+                return True
         tokens = (ticket,)
         released: tuple[object, ...] = ()
         if len(payload) > limit:
@@ -518,7 +523,7 @@ class Daemon:
             items = self._lidar(payload, source, received_at, tokens)
         else:
             assert ticket.stream is not None
-            items, released = self._gps(payload, source, received_at, ticket, ticket.stream)
+            items, released = self._nmea(payload, source, received_at, ticket, ticket.stream)
         self._accept(source, items, released, serial=False, notify=False)
         stream = ticket.stream  # its data may wait in the stream's open cycle
         ticket.waiting = stream is not None and stream.waits_for(ticket)
@@ -544,14 +549,8 @@ class Daemon:
                                   crs=None, default_crs=self.config.crs.source,
                                   bbox=self.config.lidar.bbox, tokens=tokens)
 
-    def _gps(self, payload: bytes, source: str, received_at: str, ticket: _Ticket,
-             stream: ingest.GpsStream) -> tuple[list[Item], tuple[object, ...]]:
-        head = payload[:1]
-        if head.isspace():
-            head = payload.lstrip()[:1]
-        if head == b"{":
-            ticket.stream = None  # a TPV is a fix of its own: no cycle holds it
-            return [self._tpv_item(payload, source, received_at, ticket, stream)], ()
+    def _nmea(self, payload: bytes, source: str, received_at: str, ticket: _Ticket,
+              stream: ingest.GpsStream) -> tuple[list[Item], tuple[object, ...]]:
         self._last_data[source] = time.monotonic()
         before = stream.decoder.bad_checksums
         items, released = stream.nmea(payload, received_at, ticket)

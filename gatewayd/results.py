@@ -175,36 +175,33 @@ class ResultSender:
 
     def _published(self, result: _Result, error: BaseException | None) -> None:
         """The end of a result's publish (called once by the MQTT client)."""
-        if result.settled:
-            return  # past its deadline, already spooled; the broker may still get it
-        result.settled = True
-        self._unsettled -= 1
-        results = self._results
-        while results and results[0].settled:
-            results.popleft()
         if error is None:
-            self._release(result.tokens)
-        elif self.outbox is not None and self.spooling:
-            self._spool_result(result)
-        else:
-            self._counts["publish_failed"] += 1
-            logger.warning("result not published: %s", error)
-            self._abandon(result.tokens)  # unacknowledged: the broker sends them again
+            self._published_many([result])
+        elif self._settle([result]):
+            if self.outbox is not None and self.spooling:
+                self._spool_result(result)
+            else:
+                self._counts["publish_failed"] += 1
+                logger.warning("result not published: %s", error)
+                self._abandon(result.tokens)  # unacknowledged: the broker sends them again
 
     def _published_many(self, results: list[_Result]) -> None:
-        """``_published`` of many the broker has, in order: their inputs are
-        released together."""
-        tokens: list[object] = []
-        for result in results:
-            if not result.settled:  # else past its deadline, already spooled
-                result.settled = True
-                self._unsettled -= 1
-                tokens += result.tokens
+        """Results the broker has, in order: their inputs are released together."""
+        tokens = [token for result in self._settle(results) for token in result.tokens]
+        if tokens:
+            self._release(tokens)
+
+    def _settle(self, results: list[_Result]) -> list[_Result]:
+        """Marks publishes ended: those of ``results`` not dealt with already
+        (past their deadline, spooled; the broker may still get them)."""
+        ended = [result for result in results if not result.settled]
+        for result in ended:
+            result.settled = True
+        self._unsettled -= len(ended)
         queue = self._results
         while queue and queue[0].settled:
             queue.popleft()
-        if tokens:
-            self._release(tokens)
+        return ended
 
     def _past_deadline(self) -> None:
         """Results the broker has not acknowledged in time go to the outbox
