@@ -250,6 +250,9 @@ class _Delivery:
 # What becomes of a publish: ``done(token, None)`` once the broker has it
 # (QoS 1: its PUBACK; QoS 0: written), ``done(token, error)`` if it cannot be.
 PublishDone = Callable[[Any, "MqttError | None"], None]
+# A lean publish's token in the LeanClient: the caller's done and token, and
+# send_many's done_many (None: ended alone).
+_LeanEnd = tuple[PublishDone, Any, "Callable[[list[Any]], None] | None"]
 _Held = tuple[str, bytes, int, bool, PublishDone, Any]
 _PARK_COST = 200  # bytes a parked message costs beside its payload (about)
 _PAYLOAD = operator.attrgetter("payload")
@@ -457,7 +460,8 @@ class MqttClient:
         ends = [(done, token) for done, token, _ in self._pending.values()]
         ends += [(done, token) for *_, done, token in self._held]
         if isinstance(self._paho, LeanClient):
-            ends += [entry.token for entry in self._paho.lean_reset()]
+            ends += [(done, token) for done, token, _ in
+                     (entry.token for entry in self._paho.lean_reset())]
         self._pending.clear()
         self._held.clear()
         for done, token in ends:
@@ -513,7 +517,7 @@ class MqttClient:
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
         if isinstance(client, LeanClient):
-            client.on_fast_messages = self._on_fast_messages
+            client.on_fast_messages = self._on_publishes
             client.on_lean_acked = self._on_lean_acked
         return client
 
@@ -931,26 +935,21 @@ class MqttClient:
 
     def _on_paho_message(self, client: paho.Client, userdata: Any,
                          msg: paho.MQTTMessage) -> None:
-        # PUBLISH packets paho decoded itself: with properties, or QoS 2.
-        delivery = self._register(msg.qos, msg.mid)
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            logger.warning("dropped an MQTT message whose topic is not UTF-8")
-            self._ack(delivery)
-            return
-        self._hand_over(Message(topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
-                                bool(msg.dup), delivery))
+        # PUBLISH packets paho decoded itself: with properties, or QoS 2. Its
+        # topic as received (bytes; the ``topic`` property decodes it).
+        self._on_publishes([(msg._topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
+                             bool(msg.dup))])
 
-    def _on_fast_messages(self, arrived: list[tuple[bytes, bytes, int, bool, int, bool]]
-                          ) -> None:
-        """PUBLISHes the LeanClient read together, in order of arrival."""
+    def _on_publishes(self, arrived: list[tuple[bytes, bytes, int, bool, int, bool]]) -> None:
+        """PUBLISHes received, in order of arrival: each (topic as bytes,
+        payload, qos, retain, mid, dup). Counts them, puts those of QoS 1/2
+        in the PUBACK queue and hands them over."""
         messages = []
         topics = self._topics
         self._counts["received"] += len(arrived)
         unacked, by_delivery, ids = self._unacked, self._by_delivery, self._delivery_ids
         for topic, payload, qos, retain, mid, dup in arrived:
-            delivery = 0  # _register, inline
+            delivery = 0
             if qos:
                 delivery = next(ids)
                 entry = _Delivery(mid, qos)
@@ -968,47 +967,29 @@ class MqttClient:
                     topics.clear()
                 topics[topic] = text
             messages.append(_new_message((text, payload, qos, retain, mid, dup, delivery)))
+        self._hand_over(messages)
+
+    def _hand_over(self, messages: list[Message]) -> None:
+        """Hands ``messages`` over, in order; while paused, or behind others
+        that wait already, they wait (parked). Past both bounds (see
+        ``pause``) the oldest go over regardless."""
         if not (self._paused or self._parked):
             taken = self._deliver_many(messages)
             if taken == len(messages):
                 return
-            messages = messages[taken:]  # paused by the owner: kept, in order
-        if not self._paused:
-            for message in messages:
-                self._hand_over(message)
-            return
+            messages = messages[taken:]
+            if not self._paused:  # the owner took fewer, yet did not pause: one by one
+                for message in messages:
+                    self._deliver(message)
+                return
         parked = self._parked
         parked.extend(messages)
         self._parked_bytes += _parked_bytes(messages)
         limit = 4 * self.settings.receive_maximum
         while len(parked) > limit and self._parked_bytes > self.settings.max_parked_bytes:
-            # as _hand_over: past both bounds, the oldest go over regardless
             message = parked.popleft()
             self._parked_bytes -= len(message.payload) + _PARK_COST
             self._deliver(message)
-
-    def _register(self, qos: int, mid: int) -> int:
-        """Counts a received PUBLISH; a QoS 1/2 one joins the PUBACK queue."""
-        self._counts["received"] += 1
-        if qos == 0:
-            return 0
-        delivery = next(self._delivery_ids)
-        entry = _Delivery(mid, qos)
-        self._unacked.append(entry)
-        self._by_delivery[delivery] = entry
-        return delivery
-
-    def _hand_over(self, message: Message) -> None:
-        parked = self._parked
-        if self._paused or parked:
-            parked.append(message)  # in order, behind what waits already
-            self._parked_bytes += len(message.payload) + _PARK_COST
-            if len(parked) <= 4 * self.settings.receive_maximum or \
-                    self._parked_bytes <= self.settings.max_parked_bytes:
-                return
-            message = parked.popleft()
-            self._parked_bytes -= len(message.payload) + _PARK_COST
-        self._deliver(message)
 
     def _deliver(self, message: Message) -> None:
         self._delivered = True
@@ -1053,41 +1034,30 @@ class MqttClient:
         self._counts["published"] += 1
         _end(done, token, None)
 
-    def _on_lean_done(self, end: tuple[Any, ...], reason: Any) -> None:
-        # end: (done, token), or (done, token, done_many) from send_many
-        done, token = end[0], end[1]
+    def _on_lean_done(self, end: _LeanEnd, reason: Any) -> None:
+        done, token, _ = end
         if reason is not None:
             _end(done, token, MqttError(f"the broker refused the publish: {reason}"))
             return
         self._counts["published"] += 1
-        try:
-            done(token, None)
-        except Exception:
-            logger.exception("handling the end of an MQTT publish failed")
+        _end(done, token, None)
 
     def _on_lean_acked(self, entries: list[Any]) -> None:
         """Lean publishes the broker has, in order (a run of PUBACKs): those
         sent by one ``send_many`` with a ``done_many`` end through it together."""
         self._counts["published"] += len(entries)
         many: Callable[[list[Any]], None] | None = None
-        tokens: list[Any] = []
+        tokens: list[Any] = []  # a run of ends through ``many``
         for entry in entries:
-            end = entry.token
-            if len(end) == 3 and many is not None and end[2] == many:
-                tokens.append(end[1])
-                continue
-            if tokens:
+            done, token, done_many = entry.token
+            if tokens and done_many != many:
                 _end_many(many, tokens)
                 tokens = []
-            if len(end) == 3:
-                many = end[2]
-                tokens.append(end[1])
+            if done_many is None:
+                _end(done, token, None)
             else:
-                many = None
-                try:
-                    end[0](end[1], None)
-                except Exception:
-                    logger.exception("handling the end of an MQTT publish failed")
+                many = done_many
+                tokens.append(token)
         if tokens:
             _end_many(many, tokens)
 
@@ -1211,8 +1181,7 @@ class MqttClient:
             return 1
         try:
             lean = [(topic.encode(), payload, (done, token, done_many))
-                    for topic, payload, token in entries] if done_many is not None else \
-                [(topic.encode(), payload, (done, token)) for topic, payload, token in entries]
+                    for topic, payload, token in entries]
         except UnicodeEncodeError:
             lean = []
         taken = client.publish_lean_many(lean, self._on_lean_done)
@@ -1232,7 +1201,7 @@ class MqttClient:
         if qos == 1 and isinstance(client, LeanClient):
             try:
                 rc = client.publish_lean(topic.encode(), payload, retain, self._on_lean_done,
-                                         (done, token))
+                                         (done, token, None))
             except (ValueError, UnicodeEncodeError) as exc:
                 _end(done, token, MqttError(f"publish refused: {exc}"))
                 return

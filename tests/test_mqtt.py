@@ -588,9 +588,18 @@ def test_close_fails_publishes_the_broker_has_not_acknowledged(tmp_path: Path) -
                 broker.stop()
                 await until(lambda: not client.connected)
                 send = asyncio.create_task(client.publish("outbox/r", b"r"))
+                ended: list[tuple[int, MqttError | None]] = []
+                assert client.send_many([("outbox/m", b"m%d" % i, i) for i in range(3)],
+                                        lambda token, error: ended.append((token, error)),
+                                        lambda tokens: ended.extend((t, None) for t in tokens)
+                                        ) == 3
                 await asyncio.sleep(0.05)
             with pytest.raises(MqttError, match="closed before"):
                 await send
+            # A batch's publishes end through done, each once, as failures.
+            assert [token for token, _ in ended] == [0, 1, 2]
+            assert all(isinstance(error, MqttError) and "closed before" in str(error)
+                       for _, error in ended)
             assert client.state == "closed"
             with pytest.raises(MqttError, match="not running"):
                 await client.publish("outbox/r", b"r")
