@@ -896,8 +896,7 @@ class Daemon:
 
     def _idle(self) -> bool:
         assert self._pipeline is not None and self._pool is not None
-        return not len(self._pipeline.queue) and not self._pool.stats().busy and \
-            not self._mqtt_inbox
+        return self._pipeline.idle and not self._pool.stats().busy and not self._mqtt_inbox
 
     def _flush_idle_streams(self, now: float) -> None:
         quiet = self.config.daemon.gps_idle_flush_s

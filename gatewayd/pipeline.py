@@ -228,6 +228,7 @@ class Pipeline:
         # their records (a chunk's items are consecutive in the queue).
         self._done: dict[int, tuple[int, list[Output]]] = {}
         self._next_emit = 0
+        self._held = 0  # items taken off the queue whose records are not out yet
         self._refusals: dict[tuple[str, str], tuple[float, int]] = {}  # last line, held since
 
     # ---- intake ----
@@ -286,6 +287,12 @@ class Pipeline:
             moved += 1
         return moved
 
+    @property
+    def idle(self) -> bool:
+        """Whether the pipeline holds no work: nothing queued, and nothing
+        taken off the queue whose records are not out yet."""
+        return not self._held and not len(self.queue)
+
     def close(self) -> None:
         self.queue.close()
 
@@ -301,8 +308,9 @@ class Pipeline:
                 # What is queued already is taken without a wait (and without
                 # the task that wait_for makes each time), a chunk's worth at once.
                 if not taken:
-                    taken.extend(self.queue.receive_many_nowait(
-                        max(1, max(1, self.chunk_size) - filled)))
+                    got = self.queue.receive_many_nowait(max(1, max(1, self.chunk_size) - filled))
+                    self._held += len(got)
+                    taken.extend(got)
                 entry = taken.popleft() if taken else None
                 if entry is None and batch and not self._tasks:
                     # Nothing in flight: a partial chunk goes now, so that a lone
@@ -310,8 +318,10 @@ class Pipeline:
                     raise TimeoutError
                 if entry is None and batch:
                     entry = await asyncio.wait_for(self.queue.receive(), self.settings.linger_s)
+                    self._held += 1
                 elif entry is None:
                     entry = await self.queue.receive()
+                    self._held += 1
             except TimeoutError:
                 await self._dispatch(batch)
                 batch, filled = [], 0
@@ -387,6 +397,7 @@ class Pipeline:
             else:
                 for record, tokens in out:
                     await self._emit(record, tokens)
+            self._held -= after - self._next_emit
             self._next_emit = after
 
     def _chunk_id(self) -> str:

@@ -147,6 +147,46 @@ def test_the_chunk_size_can_change_while_running():
     assert max(sizes[-4:]) <= 16
 
 
+def test_the_pipeline_is_idle_only_once_every_item_taken_has_its_records_out():
+    # The daemon's watchdog pings while the pipeline is idle: items taken off
+    # the queue, in a chunk or waiting for one, are work too.
+    runner = InProcessRunner()
+    out: list[dict] = []
+    release = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def emit(record: dict, tokens: tuple = ()) -> None:
+        await release.wait()  # records cannot go out: the pipeline is wedged
+        out.append(record)
+
+    async def main() -> None:
+        pipeline = Pipeline(PipelineSettings(chunk_size=4, in_flight=1, crs_to="EPSG:32632"),
+                            runner, emit)
+        seen["before"] = pipeline.idle
+        task = asyncio.create_task(pipeline.run())
+        for i in range(7):  # a chunk that cannot emit, and one waiting for its slot
+            await pipeline.put(_fix(i))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+        seen["queued"] = len(pipeline.queue)
+        seen["wedged"] = pipeline.idle
+        release.set()
+        for _ in range(200):
+            if len(out) == 7:
+                break
+            await asyncio.sleep(0.01)
+        seen["after"] = pipeline.idle
+        pipeline.close()
+        await task
+
+    processing.init(processing.WorkerSettings())
+    asyncio.run(main())
+    assert seen["before"] is True
+    assert seen["queued"] == 0  # all taken off the queue, and held
+    assert seen["wedged"] is False
+    assert len(out) == 7 and seen["after"] is True
+
+
 def test_offer_many_queues_what_fits_in_order_and_leaves_the_rest():
     runner = InProcessRunner()
     out: list[dict] = []
