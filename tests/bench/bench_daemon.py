@@ -17,6 +17,9 @@ the same run, with the ratio and the target:
   count equal, no dead letters, and the daemon's own counts must agree; the
   main process's CPU time a message is printed too. Peer: mosquitto_sub
   receiving the same N-message stream from the same broker. Target >= 0.5x.
+  Beside it, the bound of the set-up: tests/bench/relay.c, a relay in C that
+  does no work, in the daemon's place (the same topics' round trip, QoS 1,
+  each input acknowledged once its copy is), against the same peer.
 - latency: a receiver at 10 Hz on a pty (one RMC+GGA cycle every 100 ms);
   per cycle, the time the gps_fix record arrives at a subscriber less the time
   the cycle's last byte was written (both time.monotonic in this process: a
@@ -74,6 +77,7 @@ from _report import Table, machine, proc_status  # noqa: E402
 from broker import Broker  # noqa: E402
 
 LOAD = HERE / "_load.py"
+RELAY = HERE / "relay.c"
 # What systemd/gatewayd.service gives the daemon.
 UNIT_ENV = {"MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -518,10 +522,42 @@ def _records_of(out: Path) -> list[tuple[str, dict[str, Any]]]:
     return got
 
 
+def _build_relay(work: Path) -> Path | None:
+    """relay.c built with the system's C compiler; None (and why) if it cannot be."""
+    exe = work / "relay"
+    try:
+        subprocess.run(["cc", "-O2", "-o", str(exe), str(RELAY)], check=True,
+                       capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"  the C relay could not be built: {exc}", flush=True)
+        return None
+    return exe
+
+
+def _relay_pass(relay: Path, broker: Broker, fmt: str, count: int, first: int, source: str,
+                work: Path) -> dict[str, float]:
+    """``_stream_pass`` through the C relay: published to bench/relay/in/<source>,
+    received from bench/relay/out/<source>."""
+    proc = subprocess.Popen([str(relay), broker.host, str(broker.port),
+                             f"bench/relay/in/{source}", f"bench/relay/out/{source}"],
+                            stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the C relay did not subscribe")
+        return _stream_pass(broker, fmt, count, first, f"bench/relay/in/{source}",
+                            [f"bench/relay/out/{source}"], work / f"relay-{source}.txt",
+                            records=False)
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int,
                  formats: list[str]) -> None:
     print(f"\n# MQTT ingest: {count:,} GPS messages a pass, QoS 1, MQTT 5, {repeat} passes",
           flush=True)
+    relay = _build_relay(work)
     statuses = Statuses()
     daemon = DaemonProcess(work, broker, "bench-ingest")
     daemon.wait_note("READY=1")
@@ -533,6 +569,7 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
             peers: list[float] = []
             pubs: list[float] = []
             cpu_us: list[float] = []
+            bounds: list[float] = []  # the C relay's rate over the peer's, a pass each
             for r in range(repeat):
                 source = f"{fmt}{r}"
                 first = r * count
@@ -540,6 +577,9 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
                                     [f"bench/peer/{source}"], work / f"peer-{source}.txt",
                                     records=False)
                 peers.append(count / (peer["done"] - peer["start"]))
+                if relay is not None:
+                    bound = _relay_pass(relay, broker, fmt, count, first, source, work)
+                    bounds.append(count / (bound["done"] - bound["start"]) / peers[-1])
                 out = work / f"ingest-{source}.txt"
                 cpu_before = _cpu_seconds(daemon.process.pid)
                 t = _stream_pass(broker, fmt, count, first, f"{daemon.prefix}/in/gps/{source}",
@@ -574,6 +614,14 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
             rows.add(f"ingest, {fmt} ({count:,} msgs), median of {repeat}", m_ours, m_peer,
                      "msgs/s", "mosquitto_sub, same stream", ">= 0.5x",
                      met=m_ours >= 0.5 * m_peer)
+            if bounds:
+                ratios = [o / p for o, p in zip(ours, peers)]
+                rows.add(f"ingest, {fmt}: ratio to the peer, against the C relay's",
+                         statistics.median(ratios), statistics.median(bounds), "x",
+                         "relay.c (no work) in the daemon's place")
+                rows.note(f"ingest {fmt}: the C relay, doing no work, reached "
+                          f"{', '.join(f'{b:.2f}x' for b in bounds)} of the peer in the "
+                          f"same passes; the daemon {', '.join(f'{r:.2f}x' for r in ratios)}")
             rows.note(f"ingest {fmt}: passes {', '.join(f'{x:,.0f}' for x in ours)} msgs/s; "
                       f"peer {', '.join(f'{x:,.0f}' for x in peers)}; publisher alone "
                       f"(first publish to last PUBACK, daemon pass) "
