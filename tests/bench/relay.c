@@ -74,7 +74,8 @@ static void flush_out(void) {
 struct waiting { unsigned in_id; unsigned char *payload; size_t len; };
 static struct waiting queue[65536];
 static unsigned q_head, q_tail;  /* ring indices, mod 65536 */
-static unsigned in_of[65536];    /* our packet id -> the input's (0: free) */
+static unsigned in_of[65536];    /* our packet id -> IN_USE | the input's (0: free) */
+#define IN_USE 0x10000u             /* a QoS 0 input has id 0 */
 static unsigned next_id = 1, in_flight, window = 65535;
 static const char *out_topic;
 
@@ -82,7 +83,7 @@ static void publish(unsigned in_id, const unsigned char *payload, size_t len) {
     unsigned id = next_id;
     while (in_of[id]) id = id == 65535 ? 1 : id + 1;
     next_id = id == 65535 ? 1 : id + 1;
-    in_of[id] = in_id;
+    in_of[id] = IN_USE | in_id;
     size_t topic_len = strlen(out_topic);
     put_byte(0x32);
     put_varint(2 + topic_len + 2 + 1 + len);
@@ -148,8 +149,10 @@ static void handle(unsigned char type, const unsigned char *body, size_t len) {
         return;
     }
     case 4: {  /* PUBACK of our copy: the input is done */
+        if (len < 2) die("puback");
         unsigned id = (body[0] << 8) | body[1];
-        unsigned in_id = in_of[id];
+        if (!in_of[id]) return;  /* not ours */
+        unsigned in_id = in_of[id] & 0xFFFFu;
         in_of[id] = 0;
         in_flight--;
         if (in_id) puback(in_id);
