@@ -87,12 +87,17 @@ class Channel(Generic[T]):
 
     async def send(self, item: T, weight: int = 1) -> None:
         """Waits while the channel is full."""
+        await self.wait_room(weight)
+        self._append(item, weight)
+
+    async def wait_room(self, weight: int = 1) -> None:
+        """Waits until an item of this weight fits: ``send`` but the sending,
+        for a producer that makes the item only once it can go."""
         while not self._closed and not self._fits(weight):
             self._writable.clear()
             await self._writable.wait()
         if self._closed:
             raise ChannelClosed(f"channel {self.name!r} is closed")
-        self._append(item, weight)
 
     def has_room(self, weight: int = 1) -> bool:
         """Whether ``send`` of an item of this weight would not wait now."""

@@ -248,9 +248,17 @@ class Pipeline:
                 return
             if len(item) > max(1, self.chunk_size):
                 for piece in item.split(max(1, self.chunk_size)):
-                    await self.queue.send((next(self._seq), piece), self.weight(piece))
+                    await self._send(piece)
                 return
-        await self.queue.send((next(self._seq), item), self.weight(item))
+        await self._send(item)
+
+    async def _send(self, item: Item) -> None:
+        # An item takes its place in the records' order once it is in the
+        # queue: a put given up while it waits (cancelled) leaves no place that
+        # nothing fills, which would hold back every record after it.
+        weight = self.weight(item)
+        await self.queue.wait_room(weight)
+        self.queue.send_nowait((next(self._seq), item), weight)
 
     def offer(self, item: Item) -> bool:
         """Queues an item if the queue has room for it now; False if not, and

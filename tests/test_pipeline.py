@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -185,6 +186,35 @@ def test_the_pipeline_is_idle_only_once_every_item_taken_has_its_records_out():
     assert seen["queued"] == 0  # all taken off the queue, and held
     assert seen["wedged"] is False
     assert len(out) == 7 and seen["after"] is True
+
+
+def test_a_put_given_up_while_the_queue_is_full_holds_back_no_later_record():
+    runner = InProcessRunner()
+    out: list[dict] = []
+
+    async def emit(record: dict, tokens: tuple = ()) -> None:
+        out.append(record)
+
+    async def main() -> None:
+        pipeline = Pipeline(PipelineSettings(chunk_size=2, queue_size=2), runner, emit)
+        await pipeline.put(_fix(0))
+        await pipeline.put(_fix(1))  # full
+        waiting = asyncio.create_task(pipeline.put(_fix(2)))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        waiting.cancel()  # an intake stopped while it waited for room
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        task = asyncio.create_task(pipeline.run())
+        for i in range(3, 6):
+            await pipeline.put(_fix(i))
+        pipeline.close()
+        await asyncio.wait_for(task, 10)
+
+    processing.init(processing.WorkerSettings())
+    asyncio.run(main())
+    want = [records.record_id("gps", "d" * 64, i) for i in (0, 1, 3, 4, 5)]
+    assert [r["id"] for r in out] == want
 
 
 def test_offer_many_queues_what_fits_in_order_and_leaves_the_rest():
