@@ -337,8 +337,13 @@ class Daemon:
         try:
             await asyncio.wait_for(asyncio.shield(runner), max(0.1, deadline - time.monotonic()))
         except TimeoutError:
-            logger.warning("grace period over with chunks in flight; their inputs stay "
-                           "unacknowledged at the broker")
+            # What is left: MQTT inputs stay at the broker, unacknowledged, for
+            # the next start; serial fixes are lost, and counted here.
+            waiting = sum(len(b.items) for b in self._backlogs.values())
+            logger.warning("grace period over with %d items queued or in chunks and %d "
+                           "serial fixes waiting for the queue: MQTT inputs among them stay "
+                           "unacknowledged at the broker, serial fixes are lost",
+                           self._pipeline.holding, waiting)
             runner.cancel()
         await self._results.settle(deadline)
         ticker.cancel()

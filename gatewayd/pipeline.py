@@ -296,9 +296,13 @@ class Pipeline:
         return moved
 
     @property
+    def holding(self) -> int:
+        """Items queued, or taken off the queue with their records not out yet."""
+        return self._held + len(self.queue)
+
+    @property
     def idle(self) -> bool:
-        """Whether the pipeline holds no work: nothing queued, and nothing
-        taken off the queue whose records are not out yet."""
+        """Whether the pipeline holds no work (``holding`` is 0)."""
         return not self._held and not len(self.queue)
 
     def close(self) -> None:
