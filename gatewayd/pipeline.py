@@ -302,8 +302,8 @@ class Pipeline:
 
     @property
     def idle(self) -> bool:
-        """Whether the pipeline holds no work (``holding`` is 0)."""
-        return not self._held and not len(self.queue)
+        """Whether the pipeline holds no work."""
+        return not self.holding
 
     def close(self) -> None:
         self.queue.close()
