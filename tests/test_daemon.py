@@ -367,6 +367,14 @@ def _worker_pids(textfile: Path) -> list[int]:
     return pids
 
 
+def _wait_worker_pids(textfile: Path, timeout: float = 10.0) -> list[int]:
+    """The workers' pids, once the metrics textfile names them."""
+    deadline = time.monotonic() + timeout
+    while not (textfile.exists() and _worker_pids(textfile)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _worker_pids(textfile) if textfile.exists() else []
+
+
 @pytest.mark.slow
 def test_watchdog_pings_follow_progress_and_stop_while_the_pipeline_is_wedged(
         mosquitto, tmp_path):
@@ -382,10 +390,7 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_pipeline_is_wedged(
         assert len(pings) >= 4  # every half of WATCHDOG_USEC while idle
         assert max(b - a for a, b in itertools.pairwise(pings)) < 1.0
 
-        deadline = time.monotonic() + 10
-        while not (prom.exists() and _worker_pids(prom)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        wedged = _worker_pids(prom)
+        wedged = _wait_worker_pids(prom)
         assert len(wedged) == 2
         assert "gatewayd_queue_capacity" in prom.read_text()
         for pid in wedged:
@@ -439,10 +444,7 @@ def test_a_stop_whose_grace_runs_out_exits_0_and_leaves_its_inputs_at_the_broker
     sent = 6
     try:
         first.wait_note("READY=1")
-        deadline = time.monotonic() + 10
-        while not (prom.exists() and _worker_pids(prom)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        stopped = _worker_pids(prom)
+        stopped = _wait_worker_pids(prom)
         assert len(stopped) == 2
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)  # the chunks cannot finish within the grace
@@ -582,10 +584,7 @@ def test_serial_fixes_spill_to_disk_while_the_queue_is_full_and_all_arrive_later
     stopped: list[int] = []
     try:
         daemon.wait_note("READY=1")
-        deadline = time.monotonic() + 10
-        while not (prom.exists() and _worker_pids(prom)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        stopped = _worker_pids(prom)
+        stopped = _wait_worker_pids(prom)
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
         gps.talk(range(60))
