@@ -345,6 +345,10 @@ class Daemon:
                            "unacknowledged at the broker, serial fixes are lost",
                            self._pipeline.holding, waiting)
             runner.cancel()
+            # The workers' chunks are given up too: no grace of the pool's own
+            # after the daemon's is over (it would only keep the stop waiting).
+            if self._pool is not None:
+                await self._pool.close(grace_s=0.0)
         await self._results.settle(deadline)
         ticker.cancel()
         self._state = "offline"
