@@ -345,8 +345,11 @@ class Daemon:
                            "unacknowledged at the broker, serial fixes are lost",
                            self._pipeline.holding, waiting)
             runner.cancel()
-            # The workers' chunks are given up too: no grace of the pool's own
-            # after the daemon's is over (it would only keep the stop waiting).
+            await asyncio.gather(runner, return_exceptions=True)
+            # The chunks in flight are given up, before the workers are stopped:
+            # a chunk whose worker stops would otherwise be dead-lettered now,
+            # and its inputs acknowledged. No grace of the pool's own either.
+            await self._pipeline.abandon()
             if self._pool is not None:
                 await self._pool.close(grace_s=0.0)
         await self._results.settle(deadline)

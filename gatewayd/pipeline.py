@@ -308,6 +308,15 @@ class Pipeline:
     def close(self) -> None:
         self.queue.close()
 
+    async def abandon(self) -> None:
+        """Cancels the chunks in flight (for a stop whose grace is over): none
+        of their records or dead letters goes out, so nothing acknowledges
+        their inputs. ``run`` is the caller's to cancel."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     # ---- chunking and dispatch ----
 
     async def run(self) -> None:

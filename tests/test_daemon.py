@@ -441,8 +441,11 @@ def test_a_stop_whose_grace_runs_out_exits_0_and_leaves_its_inputs_at_the_broker
     sent = 6
     sub = Subscriber(mosquitto.port)
     try:
+        # A chunk a polygon: more chunks than slots, some in flight and one
+        # waiting for a slot when the grace runs out.
         first = Daemon(tmp_path, mosquitto.port, "daemon.grace_s=1",
-                       "pipeline.chunk_timeout_s=60", f"metrics.textfile={prom}",
+                       "pipeline.chunk_timeout_s=60", "pipeline.chunk_size=1",
+                       "pipeline.min_chunk_size=1", f"metrics.textfile={prom}",
                        "metrics.textfile_interval_s=1")
         stopped: list[int] = []
         try:
@@ -468,7 +471,9 @@ def test_a_stop_whose_grace_runs_out_exits_0_and_leaves_its_inputs_at_the_broker
             held = int(line.split("grace period over with ")[1].split(" items")[0])
             assert 1 <= held <= sent
             assert "Traceback" not in out
+            assert "0 records out, 0 dead letters" in out
             assert sub.records("/out/polygon/late") == []
+            assert sub.records("/dead/late") == []
         finally:
             for pid in stopped:
                 with contextlib.suppress(ProcessLookupError):
