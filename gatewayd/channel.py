@@ -72,18 +72,26 @@ class Channel(Generic[T]):
 
     def _append(self, item: T, weight: int) -> None:
         self._items.append((item, weight))
+        self._added(1, weight)
+
+    def _added(self, count: int, weight: int) -> None:
+        """Accounts for ``count`` items of ``weight`` in all, just appended."""
         self._depth += weight
-        self._sent += 1
+        self._sent += count
         self._peak = max(self._peak, self._depth)
         self._readable.set()
 
     def _pop(self) -> T:
         item, weight = self._items.popleft()
+        self._removed(weight)
+        return item
+
+    def _removed(self, weight: int) -> None:
+        """Accounts for items of ``weight`` in all, just taken off the front."""
         self._depth -= weight
         self._writable.set()
         if not self._items:
             self._readable.clear()
-        return item
 
     async def send(self, item: T, weight: int = 1) -> None:
         """Waits while the channel is full."""
@@ -118,10 +126,7 @@ class Channel(Generic[T]):
         if not items:
             return
         self._items.extend([(item, 1) for item in items])
-        self._depth += len(items)
-        self._sent += len(items)
-        self._peak = max(self._peak, self._depth)
-        self._readable.set()
+        self._added(len(items), len(items))
 
     def send_nowait(self, item: T, weight: int = 1) -> list[T]:
         """Never waits. Returns what the overflow policy dropped to make room:
@@ -162,11 +167,8 @@ class Channel(Generic[T]):
         if count <= 0:
             return []
         taken = [items.popleft() for _ in range(count)]
-        self._depth -= sum([weight for _, weight in taken])
         self._received += count
-        self._writable.set()
-        if not items:
-            self._readable.clear()
+        self._removed(sum([weight for _, weight in taken]))
         return [item for item, _ in taken]
 
     def close(self) -> None:
