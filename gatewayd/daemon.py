@@ -539,8 +539,7 @@ class Daemon:
         self._accept(source, items, released, serial=False, notify=False)
         stream = ticket.stream  # its data may wait in the stream's open cycle
         ticket.waiting = stream is not None and stream.waits_for(ticket)
-        if ticket.holds <= 0 and not ticket.waiting:
-            self._ack(ticket)
+        self._settle(ticket)
         return bool(items)
 
     def _lidar(self, payload: bytes, source: str, received_at: str,
@@ -647,13 +646,11 @@ class Daemon:
             return
         self._open -= len(ready)
         # By the client each came through (a reload may have replaced it).
-        client = ready[0].client
-        messages = [t.message for t in ready if t.client is client]
-        if len(messages) == len(ready):
+        by_client: dict[Any, list[Any]] = {}
+        for t in ready:
+            by_client.setdefault(t.client, []).append(t.message)
+        for client, messages in by_client.items():
             client.ack_many(messages)
-        else:
-            for t in ready:
-                t.client.ack(t.message)
         self._maybe_resume()
 
     # ---- intake: into the pipeline's bounded queue ----

@@ -337,11 +337,9 @@ class Pipeline:
                     # Nothing in flight: a partial chunk goes now, so that a lone
                     # fix is not held back; under load, chunks fill while others run.
                     raise TimeoutError
-                if entry is None and batch:
-                    entry = await asyncio.wait_for(self.queue.receive(), self.settings.linger_s)
-                    self._held += 1
-                elif entry is None:
-                    entry = await self.queue.receive()
+                if entry is None:
+                    entry = await (asyncio.wait_for(self.queue.receive(), self.settings.linger_s)
+                                   if batch else self.queue.receive())
                     self._held += 1
             except TimeoutError:
                 await self._dispatch(batch)
