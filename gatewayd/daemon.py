@@ -41,6 +41,7 @@ from gatewayd import __version__, geometry, ingest, processing, records
 from gatewayd.config import Config, load_config
 from gatewayd.errors import DecodeError, GatewayError
 from gatewayd.gpsjson import gps_json_fix
+from gatewayd.loop import LagProbe
 from gatewayd.pipeline import Item, Output, Pipeline, PipelineSettings
 from gatewayd.replay import zones_dir
 from gatewayd.results import ResultSender
@@ -113,7 +114,7 @@ class Daemon:
         self._zones = contextlib.ExitStack()
         self._outbox: Any = None
         self._audit: Any = None
-        self._lags: collections.deque[float] = collections.deque(maxlen=1200)
+        self._lag = LagProbe(self._has_work)
         self._metrics: Any = None
         self._rates = (time.monotonic(), 0, 0)  # when, inputs, records
         self._rate_in = self._rate_out = 0.0
@@ -193,7 +194,7 @@ class Daemon:
                         config.mqtt.host, config.mqtt.port, config.topic_prefix)
             self._publish_status()
             ticker = asyncio.create_task(self._tick(), name="tick")
-            probe = asyncio.create_task(self._probe_lag(), name="loop-lag")
+            probe = asyncio.create_task(self._lag.run(), name="loop-lag")
             exporter = asyncio.create_task(self._export(), name="metrics")
             while not self._stop.is_set():
                 stop = asyncio.create_task(self._stop.wait())
@@ -273,10 +274,11 @@ class Daemon:
             return
         timeout = self.config.outbox.publish_timeout_s
         while True:
+            await self._outbox.wait_pending()
             await self._results.wait_up()
             await self._mqtt.wait_ready()
-            batch = await self._outbox.take(64) if len(self._outbox) else []
-            if not batch:
+            batch = await self._outbox.take(64)
+            if not batch:  # skipped as damaged, or settled meanwhile: look again soon
                 await asyncio.sleep(0.2)
                 continue
             results = await asyncio.gather(
@@ -830,23 +832,14 @@ class Daemon:
                 self._notifier.status(self._status_line())
                 self._publish_status()
 
-    async def _probe_lag(self) -> None:
-        """How late the loop wakes a task that asked to sleep 50 ms."""
-        period = 0.05
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + period
-            await asyncio.sleep(period)
-            self._lags.append(max(0.0, loop.time() - due))
+    def _has_work(self) -> bool:
+        """Whether the pipeline or the MQTT intake holds anything (the lag
+        probe's view: cheaper than ``_idle``, which asks the workers)."""
+        return bool(self._mqtt_inbox) or (self._pipeline is not None and
+                                         not self._pipeline.idle)
 
     def loop_lag_ms(self) -> dict[str, float]:
-        lags = sorted(self._lags)
-        if not lags:
-            return {}
-        def pick(q: float) -> float:
-            return round(lags[min(len(lags) - 1, int(q * len(lags)))] * 1000, 2)
-
-        return {"p50": pick(0.5), "p99": pick(0.99), "max": round(lags[-1] * 1000, 2)}
+        return self._lag.figures_ms()
 
     def _measure_rates(self, now: float) -> None:
         when, inputs, out = self._rates
@@ -868,8 +861,8 @@ class Daemon:
         m.chunk_size.set(self._pipeline.chunk_size)
         if self._thermal is not None:
             m.observe_thermal(*self._thermal)
-        if self._lags:
-            m.loop_lag.set(max(self._lags))
+        if self._lag.lags:
+            m.loop_lag.set(max(self._lag.lags))
         for name, port in self._ports.items():
             m.set_source_state(name, port.status.state)
         if self._mqtt is not None:

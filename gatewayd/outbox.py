@@ -551,6 +551,7 @@ class Outbox:
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
+        self._stored = asyncio.Event()  # set while an undelivered entry is on disk
         self._last_commit = float("-inf")
         self._counts = dict.fromkeys(
             ("stored", "delivered", "duplicates", "evicted", "evicted_bytes",
@@ -616,6 +617,8 @@ class Outbox:
                 self._drop(seg)  # delivered, empty or all damaged
         c["duplicates"] += duplicates
         self._keys.discard(0)
+        if self._pending:
+            self._stored.set()
         if self._doomed or self._acks:
             self._wake.set()
 
@@ -839,6 +842,7 @@ class Outbox:
                         future.set_result(None)
             self._pending += len(batch)
             self._counts["stored"] += len(batch)
+            self._stored.set()
             return
         exc = result.error
         disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
@@ -912,6 +916,14 @@ class Outbox:
             after = positions[-1]
             for entry in await self._read(positions):
                 yield entry
+
+    async def wait_pending(self) -> None:
+        """Returns once an undelivered entry is on disk: at once if one is,
+        else when a batch is stored. Whoever sends the outbox on waits here
+        instead of looking every so often."""
+        while not self._pending:
+            self._stored.clear()
+            await self._stored.wait()
 
     async def take(self, n: int) -> list[Entry]:
         """The ``n`` oldest undelivered entries (fewer if there are not as many)."""

@@ -160,6 +160,13 @@ class Broker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The running mosquitto's process id."""
+        if self._process is None:
+            raise BrokerError("mosquitto is not running")
+        return self._process.pid
+
     def start(self, timeout_s: float = 10.0) -> Broker:
         if self.running:
             return self

@@ -170,6 +170,33 @@ def test_pending_skips_entries_marked_done_meanwhile_and_ends_when_caught_up(tmp
     run(main())
 
 
+def test_wait_pending_returns_once_an_entry_is_durable_and_waits_while_none_is(tmp_path):
+    async def main():
+        async with Outbox(fast(tmp_path)) as box:
+            waiting = asyncio.create_task(box.wait_pending())
+            await asyncio.sleep(0.05)
+            assert not waiting.done()  # nothing on disk: it waits
+            stored = box.put(entry(1))
+            await asyncio.wait_for(waiting, 5)
+            assert stored.done() and len(box) == 1
+            await asyncio.wait_for(box.wait_pending(), 1)  # one is there: at once
+            (e,) = await box.take(10)
+            box.done(e)
+            again = asyncio.create_task(box.wait_pending())
+            await asyncio.sleep(0.05)
+            assert not again.done()  # delivered: it waits again
+            again.cancel()
+            await asyncio.gather(again, return_exceptions=True)
+        # After a restart, an entry from before it counts at once.
+        async with Outbox(fast(tmp_path)) as box:
+            await box.put(entry(2))
+        async with Outbox(fast(tmp_path)) as box:
+            await asyncio.wait_for(box.wait_pending(), 1)
+            assert [e.record_id for e in await box.take(10)] == ["r000002"]
+
+    run(main())
+
+
 # ---- damage ----
 
 def _frames(path: Path) -> list[int]:

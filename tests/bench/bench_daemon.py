@@ -3,7 +3,7 @@ Mosquitto (tests/broker.py), a pty as the GPS receiver, and load from
 processes of their own (tests/bench/_load.py, mosquitto_pub).
 
     .venv/bin/python tests/bench/bench_daemon.py [--quick] [--ingest] [--latency]
-        [--lidar] [--startup] [--memory] [--minutes N] [--broker-inflight N]
+        [--lidar] [--startup] [--idle] [--memory] [--minutes N] [--broker-inflight N]
 
 With no section named, all run. Every figure is printed beside its peer from
 the same run, with the ratio and the target:
@@ -36,6 +36,12 @@ the same run, with the ratio and the target:
   listener, and to the first record of a message that waited at the broker in
   the daemon's persistent session. Peer: mosquitto_sub fetching one message
   waiting in its own persistent session, exec to exit. Target <= 1 s.
+- idle: the daemon connected, with nothing coming in, for ``--idle-seconds``
+  (default 30) after a settling pause: wake-ups a second (context switches
+  of all its threads) and CPU, of the main process and of its other
+  processes (forkserver, workers). Peer: the broker, Mosquitto, idle with
+  its clients over the same window. On a small passively cooled board a
+  wake-up costs power and heat. No target.
 - memory: GPS (serial 10 Hz and MQTT), LiDAR and polygon load for
   ``--minutes`` (default 10); VmRSS of the main process and every descendant
   (forkserver, workers) every 10 s; first, last, peak and slope per process.
@@ -815,7 +821,55 @@ def bench_startup(broker: Broker, work: Path, rows: Rows, repeat: int) -> None:
               + " ms; peer " + ", ".join(f"{x * 1000:.0f}" for x in peer_s) + " ms")
 
 
-# ---- 5. resident memory under mixed load ----
+# ---- 5. an idle daemon ----
+
+def _wakeups_and_cpu(pid: int) -> tuple[int, float]:
+    """Context switches of all of a process's threads so far, and its CPU seconds."""
+    switches = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    switches += int(line.split()[1])
+    return switches, _cpu_seconds(pid)
+
+
+def bench_idle(broker: Broker, work: Path, rows: Rows, seconds: float, settle: float) -> None:
+    print(f"\n# idle: {seconds:.0f} s with nothing coming in", flush=True)
+    daemon = DaemonProcess(work, broker, "bench-idle", "daemon.status_interval_s=10")
+    try:
+        daemon.wait_note("READY=1")
+        time.sleep(settle)
+        broker_pid = broker.pid
+        tree = daemon.tree()
+        before = {pid: _wakeups_and_cpu(pid) for pid in [*tree, broker_pid]}
+        start = time.monotonic()
+        time.sleep(seconds)
+        took = time.monotonic() - start
+        after = {pid: _wakeups_and_cpu(pid) for pid in before}
+    finally:
+        _stopped(rows, daemon, "idle")
+
+    def rates(pids: list[int]) -> tuple[float, float]:
+        woke = sum(after[p][0] - before[p][0] for p in pids)
+        cpu = sum(after[p][1] - before[p][1] for p in pids)
+        return woke / took, 100 * cpu / took
+
+    main_pid = daemon.process.pid
+    others = [p for p in tree if p != main_pid]
+    main_wake, main_cpu = rates([main_pid])
+    rest_wake, rest_cpu = rates(others)
+    peer_wake, peer_cpu = rates([broker_pid])
+    rows.add("idle: main process, wake-ups a second", main_wake, peer_wake, "/s",
+             "mosquitto, idle, same window", "", lower_is_better=True)
+    rows.add("idle: main process, CPU", main_cpu, peer_cpu, "%",
+             "mosquitto, idle, same window", "", lower_is_better=True)
+    rows.note(f"idle: the {len(others)} other processes ("
+              + ", ".join(sorted(tree[p] for p in others))
+              + f") woke {rest_wake:.2f} times a second together, CPU {rest_cpu:.3f} %")
+
+
+# ---- 6. resident memory under mixed load ----
 
 def _slope_kb_per_min(points: list[tuple[float, int]]) -> float | None:
     if len(points) < 3:
@@ -916,7 +970,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short run of every section")
-    for name in ("ingest", "latency", "lidar", "startup", "memory"):
+    for name in ("ingest", "latency", "lidar", "startup", "idle", "memory"):
         ap.add_argument(f"--{name}", action="store_true", help=f"run the {name} section")
     # mosquitto_pub -l (2.0.11) delivers about a third of a 100 000-line stdin
     # to a plain mosquitto_sub, and exits 0: past 60 000 the TPV publisher,
@@ -929,6 +983,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=None,
                     help="mixed load for the memory section (default 10; 1 with --quick)")
     ap.add_argument("--lidar-seconds", type=float, default=None)
+    ap.add_argument("--idle-seconds", type=float, default=None,
+                    help="how long the idle section watches (default 30; 10 with --quick)")
     ap.add_argument("--lidar-window", type=int, default=4,
                     help="LiDAR frames published without a record yet")
     ap.add_argument("--broker-inflight", type=int, default=20,
@@ -936,8 +992,8 @@ def main() -> None:
     ap.add_argument("--broker-queued", type=int, default=200_000,
                     help="Mosquitto max_queued_messages")
     args = ap.parse_args()
-    sections = [n for n in ("ingest", "latency", "lidar", "startup", "memory")
-                if getattr(args, n)] or ["ingest", "latency", "lidar", "startup", "memory"]
+    names = ("ingest", "latency", "lidar", "startup", "idle", "memory")
+    sections = [n for n in names if getattr(args, n)] or list(names)
     quick = args.quick
     count = args.count or (5_000 if quick else 20_000)
     if count > 60_000:
@@ -975,6 +1031,8 @@ def main() -> None:
             bench_lidar(broker, work, rows, lidar_s, args.lidar_window, 3.0)
         if "startup" in sections:
             bench_startup(broker, work, rows, 2 if quick else 5)
+        if "idle" in sections:
+            bench_idle(broker, work, rows, args.idle_seconds or (10.0 if quick else 30.0), 3.0)
         if "memory" in sections:
             bench_memory(broker, work, rows, minutes, 10.0)
     rows.note(f"load average {os.getloadavg()[0]:.2f} at the end; the machine is shared, "
