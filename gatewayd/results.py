@@ -9,6 +9,12 @@ spooled is abandoned: its inputs stay unacknowledged, and the broker sends
 them again. While the link is down, or while results are spooled already,
 new ones go to the outbox behind them, so that order holds.
 
+Once intake has stopped (``spooling`` False), a result the broker has not
+taken leaves its inputs at the broker for the next start, rather than
+going to the outbox. A result with no inputs to leave there (a serial
+port's fix: no broker holds what it came from) goes to the outbox all the
+same, and so does one still on its way when the stop's grace is over.
+
 Inputs are named by tokens, which the owner (the daemon) gives with each
 result and gets back through ``release`` and ``abandon``.
 """
@@ -54,7 +60,7 @@ class ResultSender:
         self.timeout_s = timeout_s  # for a PUBACK, before the result is spooled
         self.outbox: Any = None  # where results wait for the broker; None: nowhere
         # False once intake has stopped: what the broker does not take then
-        # stays with its inputs at the broker.
+        # stays with its inputs at the broker (see the module's docstring).
         self.spooling = True
         self._release = release
         self._abandon = abandon
@@ -177,13 +183,10 @@ class ResultSender:
         """The end of a result's publish (called once by the MQTT client)."""
         if error is None:
             self._published_many([result])
-        elif self._settle([result]):
-            if self.outbox is not None and self.spooling:
-                self._spool_result(result)
-            else:
-                self._counts["publish_failed"] += 1
-                logger.warning("result not published: %s", error)
-                self._abandon(result.tokens)  # unacknowledged: the broker sends them again
+        elif self._settle([result]) and not self._spool_untaken(result):
+            self._counts["publish_failed"] += 1
+            logger.warning("result not published: %s", error)
+            self._abandon(result.tokens)  # unacknowledged: the broker sends them again
 
     def _published_many(self, results: list[_Result]) -> None:
         """Results the broker has, in order: their inputs are released together."""
@@ -216,19 +219,23 @@ class ResultSender:
                 continue
             result.settled = True
             self._unsettled -= 1
-            if self.outbox is not None and self.spooling:
-                self._spool_result(result)
-            else:
+            if not self._spool_untaken(result):
                 self._abandon(result.tokens)
         # A timeout shortened by a reload lets later results wait as long as
         # the older ones ahead of them.
         if results:
             self._deadline_timer = loop.call_at(results[0].deadline, self._past_deadline)
 
-    def _spool_result(self, result: _Result) -> None:
+    def _spool_untaken(self, result: _Result) -> bool:
+        """Puts a result the broker has not taken in the outbox, if there is
+        one and it should go there (see the module's docstring): True if it
+        did."""
+        if self.outbox is None or not (self.spooling or not result.tokens):
+            return False
         from gatewayd.outbox import Entry
 
         self.spool(Entry(result.topic, result.payload, result.record_id), result.tokens)
+        return True
 
     def spool(self, entry: Any, tokens: Tokens) -> None:
         """Puts a result in the outbox; its inputs are released once it is on disk."""
@@ -256,8 +263,9 @@ class ResultSender:
 
     async def settle(self, until: float) -> None:
         """Waits, until the monotonic time ``until``, for what is on its way;
-        then stops watching deadlines (stopping: results still unacknowledged
-        leave their inputs unacknowledged)."""
+        then stops watching deadlines. Stopping, results still unacknowledged
+        leave their inputs unacknowledged, and those with none go to the
+        outbox, if there is one (the outbox's close writes them)."""
         while self.busy and time.monotonic() < until:
             if self._tasks:
                 await asyncio.wait(self._tasks,
@@ -267,6 +275,12 @@ class ResultSender:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
+        if self.outbox is None:
+            return
+        left = [r for r in self._results if not r.settled and not r.tokens]
+        self._settle(left)
+        for result in left:
+            self._spool_untaken(result)
 
     def cancel(self) -> None:
         """Cancels what is still on its way (the last step of a shutdown)."""

@@ -476,6 +476,47 @@ def test_results_made_while_the_broker_is_away_are_spooled_and_sent_after(tmp_pa
         broker.close()
 
 
+def test_serial_results_the_broker_has_not_acknowledged_at_a_stop_go_out_after_the_next_start(
+        tmp_path, ledger):
+    # MQTT inputs whose results are not acknowledged by the end of a stop stay
+    # at the broker; a serial port's fixes have nowhere else to be. Here the
+    # broker hangs (SIGSTOP) while the fixes are published, the daemon stops,
+    # and the broker then dies with what it had not read.
+    from test_daemon import Pty
+
+    broker = Broker(directory=tmp_path / "mq").start()  # no persistence: nothing kept there
+    link = tmp_path / "gps0"
+    gps = Pty(link)
+    settings = (f"serial.ports=gps0={link}@115200", "daemon.grace_s=1")
+    daemon = _daemon(tmp_path, broker.port, *settings)
+    sub = None
+    try:
+        time.sleep(0.5)  # the port is open
+        os.kill(broker.pid, signal.SIGSTOP)
+        gps.talk(range(30))
+        time.sleep(1.0)  # decoded and published, to a broker that reads nothing
+        assert daemon.stop() == 0, daemon.output()
+        os.kill(broker.pid, signal.SIGKILL)
+        broker.stop()
+        broker.start()
+        sub = Collector(broker.port)
+        daemon = _daemon(tmp_path, broker.port, *settings)
+        sub.wait(lambda: len({r["time"] for r in sub.results}) >= 30, timeout=30)
+        times = [r["time"] for r in sub.results]
+        assert times == sorted(times)  # in order
+        duplicates, identical = _duplicates(list(sub.results), _content)
+        ledger["broker hung at a stop, serial results spooled"] = {
+            "sent": 30, "faults": 2, "lost": 30 - len(set(times)), "dead_lettered": 0,
+            "duplicates": duplicates, "identical_ids": identical}
+        assert identical
+    finally:
+        gps.close()
+        if sub:
+            sub.close()
+        assert daemon.stop() == 0, daemon.output()
+        broker.close()
+
+
 def test_a_full_spool_disk_loses_no_acknowledged_input(tmp_path, ledger):
     state = tmp_path / "state"
     state.mkdir()

@@ -184,6 +184,56 @@ def test_once_intake_has_stopped_a_late_result_is_abandoned_not_spooled(tmp_path
     asyncio.run(main())
 
 
+def test_once_intake_has_stopped_a_result_with_no_input_at_the_broker_is_still_spooled(
+        tmp_path):
+    # A serial port's fix has no input a broker would send again: giving its
+    # result up would lose it, so late or refused, it goes to the outbox.
+    async def main():
+        books = Books()
+        sender = books.sender(timeout_s=0.05)
+        outbox = sender.outbox = await _outbox(tmp_path)
+        client = FakeClient()
+        sender.attach(client)
+        sender.spooling = False
+        sender.send("t/late", b"late", (), "id-late")
+        sender.send("t/refused", b"refused", (), "id-refused")
+        client.sent.rotate(-1)
+        client.fail()  # t/refused
+        await _until(lambda: books.counts["spooled"] == 2)
+        assert not books.abandoned and books.counts["publish_failed"] == 0
+        assert sorted(e.record_id for e in await outbox.take(10)) == ["id-late", "id-refused"]
+        await outbox.close()
+
+    asyncio.run(main())
+
+
+def test_a_stop_whose_grace_is_over_spools_the_results_on_their_way_that_have_no_input(
+        tmp_path):
+    async def main():
+        books = Books()
+        sender = books.sender(timeout_s=60.0)
+        outbox = sender.outbox = await _outbox(tmp_path)
+        client = FakeClient()
+        sender.attach(client)
+        sender.send("t/mqtt", b"m", ("in0",), "id-mqtt")
+        sender.send("t/serial", b"s", (), "id-serial")
+        sender.spooling = False
+        await sender.settle(time.monotonic() + 0.05)
+        await outbox.close()  # writes what the settle put in it
+        # The MQTT input stays unacknowledged at the broker for the next start;
+        # the serial fix's result waits in the outbox.
+        assert not books.released and not books.abandoned
+        again = await _outbox(tmp_path)
+        assert [(e.topic, e.record_id) for e in await again.take(10)] == \
+            [("t/serial", "id-serial")]
+        await again.close()
+        client.ack()
+        client.ack()  # the broker had them after all: nothing is released twice
+        assert books.released == ["in0"]
+
+    asyncio.run(main())
+
+
 def test_a_result_sent_while_the_client_is_replaced_goes_out_through_the_next():
     async def main():
         books = Books()
