@@ -436,6 +436,19 @@ def test_a_serial_receiver_unplugged_and_replugged_loses_no_fix_it_sent(
         assert daemon.stop() == 0, daemon.output()
 
 
+def _account_fixes(ledger: dict, scenario: str, sub: Collector, *, sent: int,
+                   faults: int) -> None:
+    """Checks that the results of ``sent`` receiver cycles came, each cycle's
+    in order and with one id, and enters the scenario in the ledger."""
+    times = [r["time"] for r in sub.results]
+    assert len(set(times)) == sent and times == sorted(times)  # in order
+    duplicates, identical = _duplicates(list(sub.results), _content)
+    ledger[scenario] = {"sent": sent, "faults": faults, "lost": sent - len(set(times)),
+                        "dead_lettered": 0, "duplicates": duplicates,
+                        "identical_ids": identical}
+    assert identical
+
+
 def test_results_made_while_the_broker_is_away_are_spooled_and_sent_after(tmp_path, ledger):
     from test_daemon import Pty
 
@@ -457,17 +470,11 @@ def test_results_made_while_the_broker_is_away_are_spooled_and_sent_after(tmp_pa
         broker.start()
         sub = Collector(broker.port)
         sub.wait(lambda: len({r["time"] for r in sub.results}) >= 40)
-        times = [r["time"] for r in sub.results]
-        assert len(set(times)) == 40 and times == sorted(times)  # in order
+        _account_fixes(ledger, "broker away, results spooled", sub, sent=40, faults=1)
         final = json.loads((tmp_path / "run" / "status.json").read_text())
         assert status["outbox"]["pending"] >= 1  # they waited on disk
         damaged = final["outbox"]["corrupt_skipped"] + final["outbox"]["torn_tails"]
         assert damaged >= 1  # the corrupt segment found at start was counted, not fatal
-        duplicates, identical = _duplicates(list(sub.results), _content)
-        ledger["broker away, results spooled"] = {
-            "sent": 40, "faults": 1, "lost": 40 - len(set(times)), "dead_lettered": 0,
-            "duplicates": duplicates, "identical_ids": identical}
-        assert identical
     finally:
         gps.close()
         if sub:
@@ -502,13 +509,8 @@ def test_serial_results_the_broker_has_not_acknowledged_at_a_stop_go_out_after_t
         sub = Collector(broker.port)
         daemon = _daemon(tmp_path, broker.port, *settings)
         sub.wait(lambda: len({r["time"] for r in sub.results}) >= 30, timeout=30)
-        times = [r["time"] for r in sub.results]
-        assert times == sorted(times)  # in order
-        duplicates, identical = _duplicates(list(sub.results), _content)
-        ledger["broker hung at a stop, serial results spooled"] = {
-            "sent": 30, "faults": 2, "lost": 30 - len(set(times)), "dead_lettered": 0,
-            "duplicates": duplicates, "identical_ids": identical}
-        assert identical
+        _account_fixes(ledger, "broker hung at a stop, serial results spooled", sub, sent=30,
+                       faults=2)
     finally:
         gps.close()
         if sub:
