@@ -42,7 +42,7 @@ from gatewayd.config import Config, load_config
 from gatewayd.errors import DecodeError, GatewayError
 from gatewayd.gpsjson import gps_json_fix
 from gatewayd.loop import LagProbe
-from gatewayd.pipeline import Item, Output, Pipeline, PipelineSettings
+from gatewayd.pipeline import FixBatch, FixItem, Item, Output, Pipeline, PipelineSettings
 from gatewayd.replay import zones_dir
 from gatewayd.results import ResultSender
 from gatewayd.spill import SerialBacklog
@@ -340,12 +340,10 @@ class Daemon:
             await asyncio.wait_for(asyncio.shield(runner), max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             # What is left: MQTT inputs stay at the broker, unacknowledged, for
-            # the next start; serial fixes are lost, and counted here.
+            # the next start; serial fixes are kept in the spill where there is
+            # one, and counted here.
+            holding = self._pipeline.holding
             waiting = sum(len(b.items) for b in self._backlogs.values())
-            logger.warning("grace period over with %d items queued or in chunks and %d "
-                           "serial fixes waiting for the queue: MQTT inputs among them stay "
-                           "unacknowledged at the broker, serial fixes are lost",
-                           self._pipeline.holding, waiting)
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
             # The chunks in flight are given up, before the workers are stopped:
@@ -354,6 +352,11 @@ class Daemon:
             await self._pipeline.abandon()
             if self._pool is not None:
                 await self._pool.close(grace_s=0.0)
+            kept, lost = await self._keep_serial()
+            logger.warning("grace period over with %d items queued or in chunks and %d "
+                           "serial fixes waiting for the queue: MQTT inputs among them stay "
+                           "unacknowledged at the broker; %d serial fixes kept for the next "
+                           "start, %d lost", holding, waiting, kept, lost)
         await self._results.settle(deadline)
         ticker.cancel()
         self._state = "offline"
@@ -363,6 +366,28 @@ class Daemon:
         self._results.cancel()
         logger.info("stopped: %d records out, %d dead letters", self._counts["records"],
                     self._counts["dead_letters"])
+
+    async def _keep_serial(self) -> tuple[int, int]:
+        """For a stop whose grace is over, once the pipeline has stopped: the
+        serial fixes whose records are not out, kept for the next start by
+        ports that spill. Returns how many were kept and how many lost."""
+        assert self._pipeline is not None
+        by_port: dict[str, list[Item]] = {name: [] for name in self._backlogs}
+        for item in self._pipeline.unfinished():
+            items = by_port.get(item.origin.source)
+            # An MQTT input's item (a ticket among its tokens) is at the broker.
+            if items is not None and isinstance(item, FixItem | FixBatch) and \
+                    not any(isinstance(t, _Ticket) for t in item.origin.tokens):
+                items.append(item)
+        kept = lost = 0
+        for name, items in by_port.items():
+            backlog = self._backlogs[name]
+            fixes = sum(len(i) if isinstance(i, FixBatch) else 1
+                        for i in [*items, *backlog.items] if isinstance(i, FixItem | FixBatch))
+            n = await backlog.keep(items)
+            kept += n
+            lost += max(0, fixes - n)
+        return kept, lost
 
     # ---- settings from the configuration ----
 
@@ -673,7 +698,7 @@ class Daemon:
                     if not throttled:
                         pipeline.offer_many(items)
                     if items:
-                        await pipeline.put(items.popleft())
+                        await self._put_first(items)
                     moved = True
                 await backlog.refill()
                 moved = moved or bool(backlog.items)
@@ -681,7 +706,7 @@ class Daemon:
                 if not throttled:
                     pipeline.offer_many(inbox)
                 if inbox:
-                    await pipeline.put(inbox.popleft())
+                    await self._put_first(inbox)
                 moved = True
                 self._maybe_resume()
             if self._throttled():
@@ -691,6 +716,16 @@ class Daemon:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+
+    async def _put_first(self, items: collections.deque[Item]) -> None:
+        """Puts the first of ``items`` in the pipeline, waiting for room, and
+        only then takes it off: an intake cancelled meanwhile (a stop) leaves
+        it where it was."""
+        assert self._pipeline is not None
+        item = items[0]
+        await self._pipeline.put(item)
+        if items and items[0] is item:  # else dropped meanwhile (drop_oldest)
+            items.popleft()
 
     def _throttled(self) -> bool:
         return bool(self._thermal and self._thermal[1].throttle_intake)
@@ -713,7 +748,7 @@ class Daemon:
                 backlog = self._backlogs[spec.name] = SerialBacklog(
                     spec.name, config.serial.backlog, config.pipeline.overflow, spill_dir,
                     config.serial.spill_max_mb << 20, config.serial.spill_fsync_interval_s,
-                    self._wakeup.set)
+                    self._wakeup.set, held_dir=spill_dir.with_name("spill-held"))
             self._port_tasks[spec.name] = asyncio.create_task(
                 self._run_port(port, backlog), name=f"serial-{spec.name}")
 

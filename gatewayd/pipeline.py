@@ -229,6 +229,13 @@ class Pipeline:
         self._done: dict[int, tuple[int, list[Output]]] = {}
         self._next_emit = 0
         self._held = 0  # items taken off the queue whose records are not out yet
+        # Those items, for unfinished(): by their chunk's first item, chunks
+        # given out and not yet emitted; the chunk being filled, what was
+        # taken off the queue for it, and the item in hand.
+        self._chunks: dict[int, list[tuple[int, Item]]] = {}
+        self._batch: list[tuple[int, Item]] = []
+        self._taken: collections.deque[tuple[int, Item]] = collections.deque()
+        self._entry: tuple[int, Item] | None = None
         self._refusals: dict[tuple[str, str], tuple[float, int]] = {}  # last line, held since
 
     # ---- intake ----
@@ -308,6 +315,22 @@ class Pipeline:
     def close(self) -> None:
         self.queue.close()
 
+    def unfinished(self) -> list[Item]:
+        """The items whose records are not out, in order: those of chunks given
+        out (in flight, or done and waiting for an earlier one), those taken
+        off the queue for the next chunk, and those still queued, which it
+        takes. For a stop whose grace is over, once ``run`` is cancelled and
+        the chunks abandoned: what is not at a broker can be kept."""
+        held: dict[int, Item] = {}
+        for chunk in self._chunks.values():
+            held.update(chunk)
+        held.update(self._batch)
+        held.update(self._taken)
+        if self._entry is not None:
+            held[self._entry[0]] = self._entry[1]
+        held.update(self.queue.receive_many_nowait(len(self.queue)))
+        return [held[seq] for seq in sorted(held)]
+
     async def abandon(self) -> None:
         """Cancels the chunks in flight (for a stop whose grace is over): none
         of their records or dead letters goes out, so nothing acknowledges
@@ -321,9 +344,9 @@ class Pipeline:
 
     async def run(self) -> None:
         """Runs until the queue is closed and every chunk's records are out."""
-        batch: list[tuple[int, Item]] = []
+        batch = self._batch
         filled = 0  # the batch's fixes or polygons
-        taken: collections.deque[tuple[int, Item]] = collections.deque()  # off the queue
+        taken = self._taken  # off the queue
         while True:
             try:
                 # What is queued already is taken without a wait (and without
@@ -332,7 +355,7 @@ class Pipeline:
                     got = self.queue.receive_many_nowait(max(1, max(1, self.chunk_size) - filled))
                     self._held += len(got)
                     taken.extend(got)
-                entry = taken.popleft() if taken else None
+                entry = self._entry = taken.popleft() if taken else None
                 if entry is None and batch and not self._tasks:
                     # Nothing in flight: a partial chunk goes now, so that a lone
                     # fix is not held back; under load, chunks fill while others run.
@@ -340,10 +363,12 @@ class Pipeline:
                 if entry is None:
                     entry = await (asyncio.wait_for(self.queue.receive(), self.settings.linger_s)
                                    if batch else self.queue.receive())
+                    self._entry = entry
                     self._held += 1
             except TimeoutError:
                 await self._dispatch(batch)
-                batch, filled = [], 0
+                batch = self._batch = []
+                filled = 0
                 continue
             except ChannelClosed:
                 break
@@ -352,21 +377,27 @@ class Pipeline:
             if batch and (type(batch[0][1]) is not type(item) or
                           filled + size > max(1, self.chunk_size)):
                 await self._dispatch(batch)
-                batch, filled = [], 0
+                batch = self._batch = []
+                filled = 0
             if isinstance(item, FrameItem | DeadItem):
                 await self._dispatch([entry])
+                self._entry = None
                 continue
             batch.append(entry)
+            self._entry = None
             filled += size
             if filled >= max(1, self.chunk_size):
                 await self._dispatch(batch)
-                batch, filled = [], 0
+                batch = self._batch = []
+                filled = 0
         if batch:
             await self._dispatch(batch)
+            self._batch = []
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
 
     async def _dispatch(self, batch: list[tuple[int, Item]]) -> None:
+        self._chunks[batch[0][0]] = batch
         await self._slots.acquire()
         task = asyncio.create_task(self._run_chunk(batch), name=f"chunk-{batch[0][0]}")
         self._tasks.add(task)
@@ -410,6 +441,7 @@ class Pipeline:
     async def _flush(self) -> None:
         while self._next_emit in self._done:
             after, out = self._done.pop(self._next_emit)
+            self._chunks.pop(self._next_emit, None)
             if self._emit_many is not None:
                 if out:
                     await self._emit_many(out)

@@ -13,12 +13,18 @@ in memory in front of the intake. Past it, the configured policy applies:
 - ``drop_oldest``: the oldest fix in memory is dropped.
 
 Either way every fix lost is counted and logged with its port.
+
+With ``spill``, a stop whose grace runs out keeps the port's fixes still in
+memory (waiting here, queued, or in chunks given up) in a second spool,
+``held_dir/<port>/``: they are older than anything spilled, so they go first
+after the next start, then the spill, then what comes new.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -40,7 +46,8 @@ class SerialBacklog:
 
     def __init__(self, name: str, limit: int, policy: str, spill_dir: Path | None,
                  spill_max_bytes: int, fsync_interval_s: float = 1.0,
-                 on_stored: Callable[[], None] | None = None) -> None:
+                 on_stored: Callable[[], None] | None = None,
+                 held_dir: Path | None = None) -> None:
         self.name = name
         self._on_stored = on_stored  # a spilled fix is on disk: refill may take it
         self.items: collections.deque[Item] = collections.deque()
@@ -49,47 +56,85 @@ class SerialBacklog:
         self.dropped = 0  # fixes dropped from memory, or lost on their way to disk
         self.spilled = 0  # fixes put on disk
         self._spool: Outbox | None = None
+        self._held: Outbox | None = None  # fixes kept at a stop: they go first
         self._writing = 0  # fixes put to the spool and not yet durable
+        self._settings: OutboxSettings | None = None
+        self._held_settings: OutboxSettings | None = None
         if policy == "spill" and spill_dir is not None:
             # Eviction drops whole segments: keep them a small part of the whole.
             segment = max(4096, min(1 << 20, spill_max_bytes // 16))
-            self._settings: OutboxSettings | None = OutboxSettings(
+            self._settings = OutboxSettings(
                 spill_dir / name, max_bytes=max(spill_max_bytes, 4 * segment),
                 segment_bytes=segment, batch_bytes=64 << 10,
                 fsync_interval_s=fsync_interval_s)
-        else:
-            self._settings = None
+            if held_dir is not None:
+                self._held_settings = dataclasses.replace(self._settings,
+                                                          directory=held_dir / name)
 
     async def open(self) -> None:
-        """Opens the spill; fixes spilled before a restart go first."""
+        """Opens the spill; fixes kept or spilled before a restart go first."""
         if self._settings is None or self._spool is not None:
             return
-        spool = Outbox(self._settings)
+        self._spool = await self._open(self._settings, "spilled fixes")
+        if self._spool is not None and self._held_settings is not None:
+            self._held = await self._open(self._held_settings, "fixes kept at the last stop")
+        if self._on_stored is not None and any(
+                spool is not None and len(spool) for spool in (self._held, self._spool)):
+            self._on_stored()  # owed from before the restart: refill may take them now
+
+    async def _open(self, settings: OutboxSettings, what: str) -> Outbox | None:
+        spool = Outbox(settings)
         try:
-            self._settings.directory.mkdir(parents=True, exist_ok=True)
+            settings.directory.mkdir(parents=True, exist_ok=True)
             found = await spool.open()
         except (OSError, OutboxError) as exc:
             logger.warning("%s: no spill in %s (%s): overflow drops the oldest fix",
-                           self.name, self._settings.directory,
+                           self.name, settings.directory,
                            getattr(exc, "strerror", None) or exc,
                            extra={"gatewayd_source": self.name})
-            return
-        self._spool = spool
+            return None
         if found.pending:
-            logger.info("%s: %d spilled fixes from before the restart", self.name,
-                        found.pending, extra={"gatewayd_source": self.name})
+            logger.info("%s: %d %s from before the restart", self.name, found.pending, what,
+                        extra={"gatewayd_source": self.name})
+        return spool
 
     async def close(self) -> None:
         """Makes what was spilled durable, and records what was taken back."""
-        spool, self._spool = self._spool, None
-        if spool is not None:
-            await spool.close()
+        for spool in (self._held, self._spool):
+            if spool is not None:
+                await spool.close()
+        self._held = self._spool = None
+
+    async def keep(self, items: list[Item]) -> int:
+        """For a stop whose grace is over: keeps ``items`` (the port's, oldest
+        first, whose records are not out) and then those waiting here, ahead
+        of everything spilled, for the next start. Returns how many fixes it
+        kept of these: none with nowhere to keep them (no spill)."""
+        held = self._held
+        if held is None:
+            return 0
+        entries = [e for item in [*items, *self.items] for e in _entries(item)]
+        self.items.clear()
+        # Kept at an earlier stop and not taken back since: younger than these.
+        earlier = await held.take(len(held)) if len(held) else []
+        for entry in earlier:
+            held.done(entry)
+        futures = [held.put(e) for e in entries]
+        futures += [held.put(Entry(e.topic, e.payload, e.record_id)) for e in earlier]
+        await held.flush()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = sum(1 for r in results if isinstance(r, BaseException))
+        if failed:
+            self._lost(failed, "not kept at the stop")
+        return len(entries) - sum(1 for r in results[:len(entries)] if isinstance(r, BaseException))
 
     def add(self, item: Item) -> None:
         spool = self._spool
-        # Behind fixes already spilled, new ones spill too: order holds.
+        # Behind fixes already spilled (or kept at a stop), new ones spill too:
+        # order holds.
         if spool is not None and isinstance(item, FixItem | FixBatch) and \
-                (self._writing or len(spool) or len(self.items) >= self.limit):
+                (self._writing or len(spool) or len(self.items) >= self.limit or
+                 (self._held is not None and len(self._held))):
             self._spill(spool, item)
             return
         if len(self.items) >= self.limit:
@@ -127,10 +172,13 @@ class SerialBacklog:
                                   "gatewayd_reason": "overflow"})
 
     async def refill(self) -> None:
-        """Moves spilled fixes back, oldest first, while there is room."""
-        spool = self._spool
+        """Moves spilled fixes back, oldest first, while there is room: those
+        kept at the last stop, then those spilled."""
         room = self.limit - len(self.items)
-        if spool is None or not len(spool) or room <= self.limit // 2:
+        if room <= self.limit // 2:
+            return
+        spool = self._held if self._held is not None and len(self._held) else self._spool
+        if spool is None or not len(spool):
             return
         for entry in await spool.take(room):
             spool.done(entry)
@@ -150,7 +198,8 @@ class SerialBacklog:
         out = {"dropped": self.dropped, "spilled": self.spilled}
         if self._spool is not None:
             s = self._spool.stats()
-            out.update(spill_pending=s.pending + self._writing, spill_bytes=s.bytes,
+            kept = self._held.stats().pending if self._held is not None else 0
+            out.update(spill_pending=s.pending + self._writing + kept, spill_bytes=s.bytes,
                        spill_evicted=s.evicted, spill_corrupt=s.corrupt_skipped + s.torn_tails,
                        spill_bytes_written=s.bytes_written, spill_fsyncs=s.fsyncs)
             out["dropped"] += s.evicted

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import tty
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -435,25 +436,39 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_pipeline_is_wedged(
 
 
 @pytest.mark.slow
+@contextlib.contextmanager
+def _workers_stopped(tmp_path: Path, port: int, *settings: str) -> Iterator[Daemon]:
+    """A daemon with a grace of 1 s, a chunk an item, and both its workers
+    SIGSTOPped once it is ready: no chunk can finish. Afterwards the workers
+    go on, and the daemon is stopped if the test did not stop it."""
+    prom = tmp_path / "gatewayd.prom"
+    daemon = Daemon(tmp_path, port, "daemon.grace_s=1", "pipeline.chunk_timeout_s=60",
+                    "pipeline.chunk_size=1", "pipeline.min_chunk_size=1",
+                    f"metrics.textfile={prom}", "metrics.textfile_interval_s=1", *settings)
+    stopped: list[int] = []
+    try:
+        daemon.wait_note("READY=1")
+        stopped = _wait_worker_pids(prom)
+        assert len(stopped) == 2
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        yield daemon
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if daemon.process.poll() is None:
+            daemon.stop()
+
+
 def test_a_stop_whose_grace_runs_out_exits_0_and_leaves_its_inputs_at_the_broker(
         mosquitto, tmp_path):
-    prom = tmp_path / "gatewayd.prom"
     sent = 6
     sub = Subscriber(mosquitto.port)
     try:
         # A chunk a polygon: more chunks than slots, some in flight and one
         # waiting for a slot when the grace runs out.
-        first = Daemon(tmp_path, mosquitto.port, "daemon.grace_s=1",
-                       "pipeline.chunk_timeout_s=60", "pipeline.chunk_size=1",
-                       "pipeline.min_chunk_size=1", f"metrics.textfile={prom}",
-                       "metrics.textfile_interval_s=1")
-        stopped: list[int] = []
-        try:
-            first.wait_note("READY=1")
-            stopped = _wait_worker_pids(prom)
-            assert len(stopped) == 2
-            for pid in stopped:
-                os.kill(pid, signal.SIGSTOP)  # the chunks cannot finish within the grace
+        with _workers_stopped(tmp_path, mosquitto.port) as first:
             for i in range(sent):
                 x = 8.0 + i * 1e-3
                 ring = [[x, 50.0], [x + 1e-3, 50.0], [x + 1e-3, 50.001], [x, 50.0]]
@@ -474,12 +489,6 @@ def test_a_stop_whose_grace_runs_out_exits_0_and_leaves_its_inputs_at_the_broker
             assert "0 records out, 0 dead letters" in out
             assert sub.records("/out/polygon/late") == []
             assert sub.records("/dead/late") == []
-        finally:
-            for pid in stopped:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
-            if first.process.poll() is None:
-                first.stop()
 
         # The next start gets them all from the broker: nothing taken in was acked.
         second = Daemon(tmp_path, mosquitto.port)
@@ -491,6 +500,43 @@ def test_a_stop_whose_grace_runs_out_exits_0_and_leaves_its_inputs_at_the_broker
         finally:
             assert second.stop() == 0, second.output()
     finally:
+        sub.close()
+
+
+def test_a_stop_whose_grace_runs_out_keeps_the_serial_fixes_for_the_next_start(
+        mosquitto, tmp_path):
+    # No broker holds a serial port's fixes: those in chunks that cannot
+    # finish, queued, or waiting in memory are kept on disk at the stop, and
+    # their records come after the next start, in order.
+    gps = Pty(tmp_path / "gps0")
+    settings = (f"serial.ports=gps0={gps.link}@115200", "crs.target=EPSG:32632")
+    sub = Subscriber(mosquitto.port)
+    try:
+        with _workers_stopped(tmp_path, mosquitto.port, *settings) as first:
+            gps.talk(range(30))
+            time.sleep(1.0)  # decoded, in chunks and queued
+            assert first.stop(timeout=30) == 0, first.output()
+            out = first.output()
+            line = next(x for x in out.splitlines() if "grace period over" in x)
+            # Every fix (the first cycle twice: before the cycle's end is learned,
+            # its RMC alone too, as gpsd does), none lost.
+            assert "31 serial fixes kept for the next start, 0 lost" in line, line
+            assert "0 records out, 0 dead letters" in out and "Traceback" not in out
+        assert sub.records("/out/gps/gps0") == []
+
+        second = Daemon(tmp_path, mosquitto.port, *settings)
+        try:
+            second.wait_note("READY=1")
+            sub.wait_for(lambda: len(sub.records("/out/gps/gps0")) >= 31)
+            got = sub.records("/out/gps/gps0")
+            times = [r["time"] for r in got]
+            assert len(got) == 31 and len({r["id"] for r in got}) == 31
+            assert times == sorted(times) and len(set(times)) == 30
+            assert "Traceback" not in second.output()
+        finally:
+            assert second.stop() == 0, second.output()
+    finally:
+        gps.close()
         sub.close()
 
 

@@ -188,6 +188,50 @@ def test_the_pipeline_is_idle_only_once_every_item_taken_has_its_records_out():
     assert len(out) == 7 and seen["after"] is True
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_unfinished_gives_every_item_without_its_records_out_in_order_once(in_flight):
+    # A stop whose grace is over: the first chunk's records are out, the
+    # second chunk hangs in its worker; those after it are done but wait for
+    # it (a second slot), or wait for a slot (one), or are queued.
+    class Runner(InProcessRunner):
+        async def run(self, chunk_id: str, payload: object) -> object:
+            self.chunks.append(payload)
+            if len(self.chunks) == 2:
+                await asyncio.Event().wait()  # hung
+            return processing.handle(payload)
+
+    runner = Runner()
+    out: list[dict] = []
+    got: dict[str, Any] = {}
+
+    async def emit(record: dict, tokens: tuple = ()) -> None:
+        out.append(record)
+
+    async def main() -> None:
+        pipeline = Pipeline(PipelineSettings(chunk_size=3, in_flight=in_flight, queue_size=50,
+                                             crs_to="EPSG:32632"), runner, emit)
+        task = asyncio.create_task(pipeline.run())
+        for i in range(20):
+            await pipeline.put(_fix(i))
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pipeline.abandon()
+        got["chunks"] = len(runner.chunks)
+        got["unfinished"] = pipeline.unfinished()
+        got["queued"] = len(pipeline.queue)
+
+    processing.init(processing.WorkerSettings())
+    asyncio.run(main())
+    assert got["chunks"] == 2 if in_flight == 1 else got["chunks"] >= 3
+    n = len(out)  # the first chunk's
+    assert n >= 1 and [r["id"] for r in out] == \
+        [records.record_id("gps", "d" * 64, i) for i in range(n)]
+    # Every other item once, in order: none lost, none twice.
+    assert [item.origin.index for item in got["unfinished"]] == list(range(n, 20))
+    assert got["queued"] == 0  # taken
+
+
 def test_a_put_given_up_while_the_queue_is_full_holds_back_no_later_record():
     runner = InProcessRunner()
     out: list[dict] = []

@@ -41,6 +41,88 @@ def _segments(directory):
     return sorted(directory.glob("*.seg"))
 
 
+def test_fixes_kept_at_a_stop_go_first_after_it_then_the_spill_then_new_ones(tmp_path):
+    # A stop whose grace ran out: fixes 0-2 were in the pipeline (older than
+    # anything here), 3-6 waited in memory, 7-12 were spilled.
+    def backlog() -> SerialBacklog:
+        return SerialBacklog("gps0", 4, "spill", tmp_path / "spill", 1 << 20, 0.01,
+                             held_dir=tmp_path / "held")
+
+    async def spilled(b: SerialBacklog, n: int) -> None:
+        while b.stats()["spilled"] < n:
+            await asyncio.sleep(0.01)
+
+    async def main() -> list[int]:
+        first = backlog()
+        await first.open()
+        for i in range(3, 13):
+            first.add(_fix_item(i))
+        await spilled(first, 6)
+        assert await first.keep([_fix_item(i) for i in range(3)]) == 7
+        assert not first.items
+        await first.close()
+        # The next start takes back fixes 0-3, and stops again at once: what it
+        # took back goes ahead of the rest it kept.
+        second = backlog()
+        await second.open()
+        await second.refill()
+        assert _lats(list(second.items)) == [0, 1, 2, 3]
+        assert await second.keep([]) == 4  # the four it took back; 4-6 stay kept
+        await second.close()
+        third = backlog()
+        await third.open()
+        third.add(_fix_item(13))  # new: behind everything kept and spilled
+        got = await _drain(third)
+        assert third.stats()["dropped"] == 0
+        await third.close()
+        return _lats(got)
+
+    assert asyncio.run(main()) == list(range(14))
+
+
+def test_opening_with_fixes_owed_from_before_a_restart_wakes_the_intake(tmp_path):
+    # Nothing else would: the receiver may stay silent after the restart.
+    woken: list[str] = []
+
+    async def main() -> None:
+        for owed in ("none", "spilled", "kept"):
+            b = SerialBacklog("gps0", 2, "spill", tmp_path / owed, 1 << 20, 0.01,
+                              on_stored=lambda: woken.append("stored"),
+                              held_dir=tmp_path / owed / "held")
+            await b.open()
+            if owed == "spilled":
+                for i in range(4):
+                    b.add(_fix_item(i))
+                while b.stats()["spilled"] < 2:
+                    await asyncio.sleep(0.01)
+            elif owed == "kept":
+                await b.keep([_fix_item(0)])
+            await b.close()
+            woken.clear()
+            again = SerialBacklog("gps0", 2, "spill", tmp_path / owed, 1 << 20, 0.01,
+                                  on_stored=lambda o=owed: woken.append(o),
+                                  held_dir=tmp_path / owed / "held")
+            await again.open()
+            assert woken == ([] if owed == "none" else [owed])
+            await again.close()
+
+    asyncio.run(main())
+
+
+def test_without_a_spill_nothing_is_kept_at_a_stop(tmp_path):
+    async def main() -> int:
+        b = SerialBacklog("gps0", 4, "drop_oldest", tmp_path / "spill", 1 << 20, 0.01,
+                          held_dir=tmp_path / "held")
+        await b.open()
+        b.add(_fix_item(0))
+        kept = await b.keep([_fix_item(1)])
+        await b.close()
+        return kept
+
+    assert asyncio.run(main()) == 0
+    assert not (tmp_path / "held").exists()
+
+
 def test_fixes_past_the_backlog_spill_and_come_back_in_order(tmp_path):
     async def main():
         backlog = SerialBacklog("gps0", 4, "spill", tmp_path, 1 << 20, 0.01)
