@@ -115,6 +115,7 @@ class Daemon:
         self._outbox: Any = None
         self._audit: Any = None
         self._lag = LagProbe(self._has_work)
+        self._in_hand: Item | None = None  # the intake's, waiting for room in the pipeline
         self._metrics: Any = None
         self._rates = (time.monotonic(), 0, 0)  # when, inputs, records
         self._rate_in = self._rate_out = 0.0
@@ -373,7 +374,10 @@ class Daemon:
         ports that spill. Returns how many were kept and how many lost."""
         assert self._pipeline is not None
         by_port: dict[str, list[Item]] = {name: [] for name in self._backlogs}
-        for item in self._pipeline.unfinished():
+        unfinished = self._pipeline.unfinished()
+        if self._in_hand is not None:  # newer than those, older than the backlogs'
+            unfinished.append(self._in_hand)
+        for item in unfinished:
             items = by_port.get(item.origin.source)
             # An MQTT input's item (a ticket among its tokens) is at the broker.
             if items is not None and isinstance(item, FixItem | FixBatch) and \
@@ -718,14 +722,13 @@ class Daemon:
                 await self._wakeup.wait()
 
     async def _put_first(self, items: collections.deque[Item]) -> None:
-        """Puts the first of ``items`` in the pipeline, waiting for room, and
-        only then takes it off: an intake cancelled meanwhile (a stop) leaves
-        it where it was."""
+        """Puts the first of ``items`` in the pipeline, waiting for room. While
+        it waits the item is in hand (``_in_hand``), where a stop that cancels
+        the intake meanwhile still finds it (``_keep_serial``)."""
         assert self._pipeline is not None
-        item = items[0]
+        item = self._in_hand = items.popleft()
         await self._pipeline.put(item)
-        if items and items[0] is item:  # else dropped meanwhile (drop_oldest)
-            items.popleft()
+        self._in_hand = None
 
     def _throttled(self) -> bool:
         return bool(self._thermal and self._thermal[1].throttle_intake)

@@ -509,7 +509,9 @@ def test_a_stop_whose_grace_runs_out_keeps_the_serial_fixes_for_the_next_start(
     # finish, queued, or waiting in memory are kept on disk at the stop, and
     # their records come after the next start, in order.
     gps = Pty(tmp_path / "gps0")
-    settings = (f"serial.ports=gps0={gps.link}@115200", "crs.target=EPSG:32632")
+    # A small queue: the intake also waits for room, with a fix in hand.
+    settings = (f"serial.ports=gps0={gps.link}@115200", "crs.target=EPSG:32632",
+                "pipeline.queue_size=4")
     sub = Subscriber(mosquitto.port)
     try:
         with _workers_stopped(tmp_path, mosquitto.port, *settings) as first:
