@@ -435,7 +435,6 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_pipeline_is_wedged(
     assert "Traceback" not in daemon.output()
 
 
-@pytest.mark.slow
 @contextlib.contextmanager
 def _workers_stopped(tmp_path: Path, port: int, *settings: str) -> Iterator[Daemon]:
     """A daemon with a grace of 1 s, a chunk an item, and both its workers
@@ -461,6 +460,7 @@ def _workers_stopped(tmp_path: Path, port: int, *settings: str) -> Iterator[Daem
             daemon.stop()
 
 
+@pytest.mark.slow
 def test_a_stop_whose_grace_runs_out_exits_0_and_leaves_its_inputs_at_the_broker(
         mosquitto, tmp_path):
     sent = 6
@@ -503,6 +503,7 @@ def test_a_stop_whose_grace_runs_out_exits_0_and_leaves_its_inputs_at_the_broker
         sub.close()
 
 
+@pytest.mark.slow
 def test_a_stop_whose_grace_runs_out_keeps_the_serial_fixes_for_the_next_start(
         mosquitto, tmp_path):
     # No broker holds a serial port's fixes: those in chunks that cannot
