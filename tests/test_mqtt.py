@@ -332,6 +332,9 @@ def test_on_messages_takes_runs_in_order_and_what_it_declines_waits_for_resume(
             assert max(runs) > 1  # runs of packets came together
             await until(lambda: client.stats().acked == count)
             assert client.stats().unacked == 0
+            # The PUBACKs are written; a publish of ours acknowledged after
+            # them says the broker has read them too (it reads in order).
+            await client.publish(f"sync-{protocol}", b"", 1)
         # All acknowledged: nothing comes again on the persistent session.
         got.clear()
         async with client:
