@@ -385,12 +385,9 @@ class Daemon:
                 items.append(item)
         kept = lost = 0
         for name, items in by_port.items():
-            backlog = self._backlogs[name]
-            fixes = sum(len(i) if isinstance(i, FixBatch) else 1
-                        for i in [*items, *backlog.items] if isinstance(i, FixItem | FixBatch))
-            n = await backlog.keep(items)
-            kept += n
-            lost += max(0, fixes - n)
+            k, n = await self._backlogs[name].keep(items)
+            kept += k
+            lost += n
         return kept, lost
 
     # ---- settings from the configuration ----

@@ -75,22 +75,25 @@ class SerialBacklog:
         """Opens the spill; fixes kept or spilled before a restart go first."""
         if self._settings is None or self._spool is not None:
             return
-        self._spool = await self._open(self._settings, "spilled fixes")
+        self._spool = await self._open(self._settings, "spilled fixes",
+                                       "overflow drops the oldest fix")
         if self._spool is not None and self._held_settings is not None:
-            self._held = await self._open(self._held_settings, "fixes kept at the last stop")
+            self._held = await self._open(self._held_settings, "fixes kept at the last stop",
+                                          "a stop whose grace runs out loses the fixes in memory")
         if self._on_stored is not None and any(
                 spool is not None and len(spool) for spool in (self._held, self._spool)):
             self._on_stored()  # owed from before the restart: refill may take them now
 
-    async def _open(self, settings: OutboxSettings, what: str) -> Outbox | None:
+    async def _open(self, settings: OutboxSettings, what: str, without: str) -> Outbox | None:
+        """A spool of ``what``, opened; None (and a warning that says what
+        happens ``without`` it) if it cannot be."""
         spool = Outbox(settings)
         try:
             settings.directory.mkdir(parents=True, exist_ok=True)
             found = await spool.open()
         except (OSError, OutboxError) as exc:
-            logger.warning("%s: no spill in %s (%s): overflow drops the oldest fix",
-                           self.name, settings.directory,
-                           getattr(exc, "strerror", None) or exc,
+            logger.warning("%s: no spool in %s (%s): %s", self.name, settings.directory,
+                           getattr(exc, "strerror", None) or exc, without,
                            extra={"gatewayd_source": self.name})
             return None
         if found.pending:
@@ -105,15 +108,16 @@ class SerialBacklog:
                 await spool.close()
         self._held = self._spool = None
 
-    async def keep(self, items: list[Item]) -> int:
+    async def keep(self, items: list[Item]) -> tuple[int, int]:
         """For a stop whose grace is over: keeps ``items`` (the port's, oldest
         first, whose records are not out) and then those waiting here, ahead
-        of everything spilled, for the next start. Returns how many fixes it
-        kept of these: none with nowhere to keep them (no spill)."""
+        of everything spilled, for the next start. Returns how many of these
+        fixes it kept, and how many are lost: all of them with nowhere to
+        keep them (no spill)."""
+        entries = [e for item in [*items, *self.items] for e in _entries(item)]
         held = self._held
         if held is None:
-            return 0
-        entries = [e for item in [*items, *self.items] for e in _entries(item)]
+            return 0, len(entries)
         self.items.clear()
         # Kept at an earlier stop and not taken back since: younger than these.
         earlier = await held.take(len(held)) if len(held) else []
@@ -126,7 +130,8 @@ class SerialBacklog:
         failed = sum(1 for r in results if isinstance(r, BaseException))
         if failed:
             self._lost(failed, "not kept at the stop")
-        return len(entries) - sum(1 for r in results[:len(entries)] if isinstance(r, BaseException))
+        kept = len(entries) - sum(1 for r in results[:len(entries)] if isinstance(r, BaseException))
+        return kept, failed
 
     def add(self, item: Item) -> None:
         spool = self._spool
