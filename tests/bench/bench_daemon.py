@@ -19,7 +19,10 @@ the same run, with the ratio and the target:
   receiving the same N-message stream from the same broker. Target >= 0.5x.
   Beside it, the bound of the set-up: tests/bench/relay.c, a relay in C that
   does no work, in the daemon's place (the same topics' round trip, QoS 1,
-  each input acknowledged once its copy is), against the same peer.
+  each input acknowledged once its copy is), against the same peer; and
+  after each daemon pass the relay again, its copies padded to the mean
+  size of that pass's records (about four times a TPV input), since what
+  the broker and the subscriber spend on a message grows with its size.
 - latency: a receiver at 10 Hz on a pty (one RMC+GGA cycle every 100 ms);
   per cycle, the time the gps_fix record arrives at a subscriber less the time
   the cycle's last byte was written (both time.monotonic in this process: a
@@ -520,6 +523,12 @@ def _wait_distinct(out: Path, count: int, limit: float) -> bool:
     return False
 
 
+def _mean_payload(out: Path) -> int:
+    """The mean size of the payloads in ``out`` (mosquitto_sub's -F '%U %t %p' lines)."""
+    sizes = [len(line.split(b" ", 2)[2]) for line in out.read_bytes().splitlines()]
+    return round(statistics.mean(sizes)) if sizes else 0
+
+
 def _records_of(out: Path) -> list[tuple[str, dict[str, Any]]]:
     got = []
     for line in out.read_bytes().splitlines():
@@ -541,12 +550,13 @@ def _build_relay(work: Path) -> Path | None:
 
 
 def _relay_pass(relay: Path, broker: Broker, fmt: str, count: int, first: int, source: str,
-                work: Path) -> dict[str, float]:
+                work: Path, out_bytes: int = 0) -> dict[str, float]:
     """``_stream_pass`` through the C relay: published to bench/relay/in/<source>,
-    received from bench/relay/out/<source>."""
+    received from bench/relay/out/<source>; ``out_bytes``: the copies are
+    padded to that size."""
     proc = subprocess.Popen([str(relay), broker.host, str(broker.port),
-                             f"bench/relay/in/{source}", f"bench/relay/out/{source}"],
-                            stdout=subprocess.PIPE)
+                             f"bench/relay/in/{source}", f"bench/relay/out/{source}",
+                             str(out_bytes)], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
@@ -576,6 +586,8 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
             pubs: list[float] = []
             cpu_us: list[float] = []
             bounds: list[float] = []  # the C relay's rate over the peer's, a pass each
+            sized: list[float] = []  # the same, its copies the size of the daemon's records
+            sizes: list[int] = []
             for r in range(repeat):
                 source = f"{fmt}{r}"
                 first = r * count
@@ -610,6 +622,11 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
                     ours.append(len(fixes) / (time.monotonic() - t["start"]))
                 else:
                     ours.append(count / (t["done"] - t["start"]))
+                if relay is not None:
+                    sizes.append(_mean_payload(out))
+                    bound = _relay_pass(relay, broker, fmt, count, first, f"{source}-sized", work,
+                                        sizes[-1])
+                    sized.append(count / (bound["done"] - bound["start"]) / peers[-1])
                 if len(fixes) != want or len(ids) != want or dead:
                     rows.note(f"ingest {fmt} pass {r}: {len(fixes)} records "
                               f"({len(fixes) - len(ids)} of them repeats), {len(ids)} "
@@ -625,9 +642,15 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
                 rows.add(f"ingest, {fmt}: ratio to the peer, against the C relay's",
                          statistics.median(ratios), statistics.median(bounds), "x",
                          "relay.c (no work) in the daemon's place")
+                rows.add(f"ingest, {fmt}: the same, the relay's copies record-sized",
+                         statistics.median(ratios), statistics.median(sized), "x",
+                         f"relay.c, copies padded to {statistics.median(sizes):.0f} bytes")
                 rows.note(f"ingest {fmt}: the C relay, doing no work, reached "
                           f"{', '.join(f'{b:.2f}x' for b in bounds)} of the peer in the "
-                          f"same passes; the daemon {', '.join(f'{r:.2f}x' for r in ratios)}")
+                          f"same passes, and {', '.join(f'{b:.2f}x' for b in sized)} with "
+                          f"copies the size of the daemon's records "
+                          f"({', '.join(map(str, sizes))} bytes); the daemon "
+                          f"{', '.join(f'{r:.2f}x' for r in ratios)}")
             rows.note(f"ingest {fmt}: passes {', '.join(f'{x:,.0f}' for x in ours)} msgs/s; "
                       f"peer {', '.join(f'{x:,.0f}' for x in peers)}; publisher alone "
                       f"(first publish to last PUBACK, daemon pass) "

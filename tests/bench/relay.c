@@ -5,7 +5,11 @@
  * PUBACK) with nothing in between. It keeps to the broker's Receive Maximum
  * and asks for 1000 inputs in flight, as the daemon does.
  *
- *     relay HOST PORT IN_TOPIC OUT_TOPIC
+ *     relay HOST PORT IN_TOPIC OUT_TOPIC [OUT_BYTES]
+ *
+ * OUT_BYTES: each copy is padded with spaces to at least that many bytes, so
+ * that what goes out is the size of the daemon's records rather than of its
+ * inputs (a gps_fix record is about four times its TPV input).
  *
  * Prints "ready" once subscribed; runs until killed. One process, one
  * socket, reads of up to 64 KiB and one write per read.
@@ -34,17 +38,22 @@ static void die(const char *what) {
     exit(1);
 }
 
-static void put(const void *data, size_t n) {
+/* n more bytes at the end of what is to be sent: where they go */
+static unsigned char *room(size_t n) {
     if (out_len + n > out_cap) {
         out_cap = (out_len + n) * 2;
         out = realloc(out, out_cap);
         if (!out) die("realloc");
     }
-    memcpy(out + out_len, data, n);
     out_len += n;
+    return out + out_len - n;
 }
 
+static void put(const void *data, size_t n) { memcpy(room(n), data, n); }
+
 static void put_byte(unsigned char b) { put(&b, 1); }
+
+static void put_spaces(size_t n) { memset(room(n), ' ', n); }
 
 static void put_u16(unsigned v) {
     unsigned char b[2] = {(unsigned char)(v >> 8), (unsigned char)v};
@@ -78,6 +87,7 @@ static unsigned in_of[65536];    /* our packet id -> IN_USE | the input's (0: fr
 #define IN_USE 0x10000u             /* a QoS 0 input has id 0 */
 static unsigned next_id = 1, in_flight, window = 65535;
 static const char *out_topic;
+static size_t out_bytes;            /* the copies' least size (OUT_BYTES) */
 
 static void publish(unsigned in_id, const unsigned char *payload, size_t len) {
     unsigned id = next_id;
@@ -85,13 +95,15 @@ static void publish(unsigned in_id, const unsigned char *payload, size_t len) {
     next_id = id == 65535 ? 1 : id + 1;
     in_of[id] = IN_USE | in_id;
     size_t topic_len = strlen(out_topic);
+    size_t pad = len < out_bytes ? out_bytes - len : 0;
     put_byte(0x32);
-    put_varint(2 + topic_len + 2 + 1 + len);
+    put_varint(2 + topic_len + 2 + 1 + len + pad);
     put_u16((unsigned)topic_len);
     put(out_topic, topic_len);
     put_u16(id);
     put_byte(0);  /* no properties */
     put(payload, len);
+    put_spaces(pad);
     in_flight++;
 }
 
@@ -169,11 +181,13 @@ static void handle(unsigned char type, const unsigned char *body, size_t len) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: relay HOST PORT IN_TOPIC OUT_TOPIC\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: relay HOST PORT IN_TOPIC OUT_TOPIC [OUT_BYTES]\n");
         return 2;
     }
     out_topic = argv[4];
+    if (argc == 6)
+        out_bytes = strtoul(argv[5], NULL, 10);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
     if (getaddrinfo(argv[1], argv[2], &hints, &ai)) die("getaddrinfo");
     sock = socket(ai->ai_family, SOCK_STREAM, 0);
