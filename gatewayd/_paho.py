@@ -156,6 +156,17 @@ class LeanClient(paho.Client):
         self._topic_heads: dict[bytes, bytes] = {}  # checked topics: length and bytes
         self.lean_published = 0  # lean publishes the broker acknowledged
 
+    # ---- a round trip ----
+
+    def ping(self) -> bool:
+        """Sends a PINGREQ now (paho sends one only when the link is quiet);
+        True if it is queued. ``pinging`` is True until its PINGRESP is read."""
+        return self._send_pingreq() == _OK
+
+    @property
+    def pinging(self) -> bool:
+        return bool(self._ping_t)
+
     # ---- publishes in flight ----
 
     def limit_inflight(self, limit: int) -> None:

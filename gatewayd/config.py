@@ -146,6 +146,7 @@ class PipelineSection:
     worker_memory_mb: int = _opt(_in(32, 65_536), default_factory=default_worker_memory_mb)
     retries: int = _opt(_in(0, 10), default=1)
     max_payload_bytes: int = _opt(_in(1, 1 << 34), default=16 * _MiB)
+    max_open_mb: int = _opt(_in(1, 1 << 20), default=32)  # MQTT input in progress, payloads
     max_points_per_frame: int = _opt(_in(1, 1 << 31), default=2_000_000)
     max_vertices_per_polygon: int = _opt(_in(4, 1 << 31), default=100_000)
     max_features: int = _opt(_in(1, 1 << 31), default=100_000)

@@ -59,7 +59,7 @@ _OUT_KIND = {"gps_fix": "gps", "lidar_frame": "lidar", "polygon": "polygon"}
 class _Ticket:
     """One MQTT input awaiting its acknowledgement."""
 
-    __slots__ = ("acked", "client", "holds", "message", "stream", "waiting")
+    __slots__ = ("acked", "client", "holds", "message", "size", "stream", "waiting")
 
     def __init__(self, client: Any, message: Any, stream: ingest.GpsStream | None = None
                  ) -> None:
@@ -67,6 +67,7 @@ class _Ticket:
         # the new client's delivery numbers name other messages.
         self.client = client
         self.message = message
+        self.size = len(message.payload)  # what it weighs in the intake's byte budget
         self.holds = 0  # records made from it not yet acknowledged by the broker
         self.waiting = True  # still being decoded, or its data waits in a GPS cycle
         self.stream = stream  # the GPS stream whose open cycle may hold its data
@@ -90,6 +91,8 @@ class Daemon:
         self._mqtt_inbox: collections.deque[Item] = collections.deque()
         self._arrived: list[Any] = []  # MQTT input of the drain under way
         self._open = 0  # MQTT inputs taken in and not yet acknowledged
+        self._open_bytes = 0  # their payloads' bytes
+        self._arrived_bytes = 0  # those of _arrived
         self._routes: dict[str, tuple[str, str] | None] = {}  # input topic: (kind, source)
         self._backlogs: dict[str, SerialBacklog] = {}
         self._wakeup = asyncio.Event()
@@ -301,6 +304,7 @@ class Daemon:
         # Set before connecting: messages held at the broker may arrive at once.
         self._routes.clear()
         self._arrived.clear()  # read on the old link: the broker sends it again
+        self._arrived_bytes = 0
         self._mqtt = MqttClient(self._mqtt_settings(config), self._on_message,
                                 subscriptions=[(f"{config.topic_prefix}/in/#", config.mqtt.qos)],
                                 on_drained=self._on_drained, on_messages=self._on_messages)
@@ -425,7 +429,9 @@ class Daemon:
         if self._intake_closed:
             return  # stopping: left unacknowledged, the broker sends it again
         self._arrived.append(message)
-        if self._open + len(self._arrived) >= self._window():
+        self._arrived_bytes += len(message.payload)
+        if self._open + len(self._arrived) >= self._window() or \
+                self._open_bytes + self._arrived_bytes >= self._byte_budget():
             self._mqtt.pause()  # the client keeps the rest, then the broker
 
     def _on_messages(self, messages: list[Any]) -> int:
@@ -437,41 +443,63 @@ class Daemon:
         arrived = self._arrived
         window = self._window()
         room = window - self._open - len(arrived)
-        if room >= len(messages):
-            arrived += messages
-            taken = len(messages)
+        taken = len(messages) if room >= len(messages) else max(1, room)
+        # The byte budget: large payloads (LiDAR frames) stop the run early.
+        budget = self._byte_budget() - self._open_bytes - self._arrived_bytes
+        weight = 0
+        for n in range(taken):
+            weight += len(messages[n].payload)
+            if weight >= budget:
+                taken = n + 1  # as _on_message: one, then the pause
+                break
         else:
-            taken = max(1, room)  # as _on_message: one, then the pause
-            arrived += messages[:taken]
-        if self._open + len(arrived) >= window:
+            budget = weight + 1  # room left: no pause for bytes
+        arrived += messages if taken == len(messages) else messages[:taken]
+        self._arrived_bytes += weight
+        if self._open + len(arrived) >= window or weight >= budget:
             self._mqtt.pause()  # the client keeps the rest, then the broker
         return taken
 
     def _on_drained(self) -> None:
         arrived, self._arrived = self._arrived, []
+        self._arrived_bytes = 0
         if arrived and not self._intake_closed:
             self._take(arrived)
-            if self._open >= self._window() or \
+            if self._open >= self._window() or self._open_bytes >= self._byte_budget() or \
                     len(self._mqtt_inbox) >= self.config.pipeline.queue_size:
                 self._mqtt.pause()
 
     def _window(self) -> int:
-        """How many MQTT inputs may be in progress (taken in, not yet acked).
+        """How many MQTT inputs may be in progress (taken in, not yet acked):
+        the queue's size. Past it the client is paused, and the broker (or the
+        client, see MqttClient.pause) holds the rest; it takes input again at
+        half of it (``_maybe_resume``).
 
         Each input's acknowledgement waits for its results' PUBACKs, and the
         broker lets only its Receive Maximum of our publishes (Mosquitto:
-        max_inflight_messages, 20 by default) await a PUBACK at once. Input
-        taken in beyond what that window publishes promptly would only wait in
-        the publish queue and make each turn of the loop longer, which slows
-        the publishes down further: the client is paused at this many, and
-        the broker (or the client, see MqttClient.pause) holds the rest."""
-        return max(1, self.config.pipeline.queue_size // 2)
+        max_inflight_messages, 20 by default) await a PUBACK at once, so the
+        window must hold the chunks being made, those in the workers and
+        those being published. At half the queue's size (250 by default) it
+        did not: the pipeline ran dry while the client was paused, and small
+        GPS messages came through about 8 % slower, at about 7 % more CPU a
+        message (tests/bench/bench_daemon.py, --ingest --count 60000)."""
+        return max(1, self.config.pipeline.queue_size)
+
+    def _byte_budget(self) -> int:
+        """The payload bytes of the MQTT inputs in progress past which the
+        client is paused (``pipeline.max_open_mb``). Large payloads are
+        decoded in this process (a LiDAR frame's points weigh more than its
+        bytes) and wait there for the workers: the window alone, in messages,
+        would hold hundreds of frames. One input is always taken, whatever
+        its size."""
+        return self.config.pipeline.max_open_mb << 20
 
     def _maybe_resume(self) -> None:
         """Takes MQTT input again once the intake has room."""
         if self._mqtt.paused and not self._stop.is_set() and not self._throttled() and \
                 len(self._mqtt_inbox) < self.config.pipeline.queue_size // 2 and \
-                self._open <= self._window() // 2:
+                self._open <= self._window() // 2 and \
+                self._open_bytes <= self._byte_budget() // 2:
             self._mqtt.resume()
 
     def _take(self, messages: list[Any]) -> None:
@@ -495,6 +523,7 @@ class Daemon:
             ticket = _Ticket(mqtt, message, None if kind != "gps" else
                              streams.get(source) or self._stream(source))
             self._open += 1
+            self._open_bytes += ticket.size
             counted[route] = counted.get(route, 0) + 1
             try:
                 added |= self._take_one(ticket, kind, source, received_at)
@@ -645,6 +674,7 @@ class Daemon:
             return
         ticket.acked = True
         self._open -= 1
+        self._open_bytes -= ticket.size
         ticket.client.ack(ticket.message)
         self._maybe_resume()
 
@@ -655,6 +685,7 @@ class Daemon:
             if isinstance(token, _Ticket) and not token.acked:
                 token.acked = True
                 self._open -= 1
+                self._open_bytes -= token.size
         self._maybe_resume()
 
     def _release(self, tokens: Sequence[object]) -> None:
@@ -673,6 +704,7 @@ class Daemon:
         if not ready:
             return
         self._open -= len(ready)
+        self._open_bytes -= sum(t.size for t in ready)
         # By the client each came through (a reload may have replaced it).
         by_client: dict[Any, list[Any]] = {}
         for t in ready:

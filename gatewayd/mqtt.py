@@ -73,11 +73,13 @@ when the CONNACK carries it (also for what is sent again after a reconnect).
 Mosquitto 2.0.11 (Debian 12) keeps our Receive Maximum only until its quota
 for us has run out once: the next PUBACK of ours lets everything it queued
 for us out at once. A paused client then keeps what arrives (above), up to
-four times ``receive_maximum`` messages or ``max_parked_bytes`` (payloads
-and a little for each message), whichever holds more, and hands over the
-oldest beyond that; the owner's queues and the outbox bound what follows.
-A flood of small messages thus waits here, in order, for the owner to take
-it at its own pace, rather than overflowing its queues.
+``max_parked_bytes`` (payloads and a little for each message; one message
+at least), in order, for the owner to take at its own pace. What comes
+past that is left with the broker: not handed over and not acknowledged,
+nor anything after it on the link; once all before it are acknowledged,
+the client ends the link cleanly and connects again at once, and the
+broker sends those messages again. A backlog of LiDAR frames at the broker
+thus costs this process ``max_parked_bytes``, not the backlog's size.
 
 Sessions. The session is persistent (clean_session=False for 3.1.1,
 clean_start=False with a Session Expiry Interval for 5) under a stable client
@@ -173,7 +175,7 @@ class MqttSettings:
     password_file: str | os.PathLike[str] | None = None  # never the password itself
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 1000  # MQTT 5: unacked messages the broker may send us
-    # Messages read while paused, kept beyond 4 x receive_maximum up to this size.
+    # Messages read while paused, kept up to this size; past it, left with the broker.
     max_parked_bytes: int = 16 << 20
     max_inflight: int = 20  # our QoS 1 publishes awaiting PUBACK at once
     max_queued: int = 10_000  # our QoS 1 publishes held in all, sent or not
@@ -236,15 +238,20 @@ class MqttStats:
     pending_publishes: int
     reconnects: int
     paused: bool
+    parked: int  # messages read while paused, waiting to be handed over
+    parked_bytes: int  # what they weigh against max_parked_bytes
+    left_at_broker: int  # messages past max_parked_bytes, for the broker to send again
+    dropped_qos0: int  # QoS 0 messages past max_parked_bytes: gone
 
 
 class _Delivery:
-    __slots__ = ("done", "mid", "qos")
+    __slots__ = ("done", "mid", "qos", "shed")
 
     def __init__(self, mid: int, qos: int) -> None:
         self.mid = mid
         self.qos = qos
         self.done = False
+        self.shed = False  # left with the broker: never acked on this link
 
 
 # What becomes of a publish: ``done(token, None)`` once the broker has it
@@ -373,6 +380,14 @@ class MqttClient:
         self._unacked: collections.deque[_Delivery] = collections.deque()
         self._parked: collections.deque[Message] = collections.deque()  # read while paused
         self._parked_bytes = 0  # their payloads, and _PARK_COST each
+        # Messages past max_parked_bytes are left with the broker: from the
+        # first of them on, none is handed over until a new link (see _shed).
+        self._shedding = False
+        self._shed_now = 0  # how many on this link
+        self._resyncing = False  # the link is being ended to have them sent again
+        self._resync_task: asyncio.Task[None] | None = None
+        self._settling = False  # a PINGREQ's round trip before a DISCONNECT is under way
+        self._acked_settled = 0  # the PUBACKs sent when the last one ended
         self._by_delivery: dict[int, _Delivery] = {}
         self._delivery_ids = itertools.count(1)
         # our publishes through paho's own path (QoS 0 and 2), awaiting the
@@ -381,7 +396,8 @@ class MqttClient:
         self._pending: dict[int, tuple[PublishDone, Any, int]] = {}
         self._topics: dict[bytes, str] = {}  # topics received, decoded
         self._held: collections.deque[_Held] = collections.deque()
-        self._counts = dict(received=0, published=0, acked=0, reconnects=0, connects=0)
+        self._counts = dict(received=0, published=0, acked=0, reconnects=0, connects=0,
+                            left_at_broker=0, dropped_qos0=0)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -419,7 +435,8 @@ class MqttClient:
         c = self._counts
         return MqttStats(self._state, self._last_error, c["received"], c["published"],
                          c["acked"], len(self._unacked), self.pending_publishes,
-                         c["reconnects"], self._paused)
+                         c["reconnects"], self._paused, len(self._parked), self._parked_bytes,
+                         c["left_at_broker"], c["dropped_qos0"])
 
     async def wait_ready(self) -> None:
         """Waits until connected and the subscriptions are acknowledged."""
@@ -451,10 +468,12 @@ class MqttClient:
         way is waited for, at most ``connect_timeout_s``."""
         if not self._entered:
             return
-        for task in self._tasks:
+        tasks = [*self._tasks, self._resync_task] if self._resync_task else self._tasks
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        self._resync_task = None
         await self._drop_link()
         error = MqttError("the MQTT client closed before the broker acknowledged the publish")
         ends = [(done, token) for done, token, _ in self._pending.values()]
@@ -540,6 +559,9 @@ class MqttClient:
                 await self._link_down.wait()
                 error = self._down_reason
                 self._logged_error = None
+                if self._resyncing:  # ended on purpose (_shed): again at once
+                    self._resyncing = False
+                    continue
             self._set_state("waiting", error)
             self._log_failure(error)
             await asyncio.sleep(random.uniform(delay / 2, delay))
@@ -595,6 +617,7 @@ class MqttClient:
         if client is None or self._sock is None:
             return
         sock = self._sock
+        await self._settle_acks(client, sock)
         client.disconnect()
         client.loop_write()  # writes the DISCONNECT and closes, or fails and closes
         with contextlib.suppress(TimeoutError):
@@ -606,6 +629,32 @@ class MqttClient:
                 sock.shutdown(socket.SHUT_RDWR)
             client.loop_read()  # reads EOF: paho closes the socket
             self._end_delivery()
+
+    async def _settle_acks(self, client: paho.Client, sock: socket.socket) -> None:
+        """Before a DISCONNECT: waits (a second at most) until the broker has
+        read the PUBACKs written since the last such wait, by a PINGREQ's
+        round trip (it reads in order). Mosquitto 2.0.11 has been seen to
+        send messages again on the next link when their PUBACKs came just
+        before a DISCONNECT and a close, so that a clean stop or reconnect
+        would bring back inputs whose results are out already."""
+        if not isinstance(client, LeanClient) or self._state != "connected" or \
+                self._counts["acked"] == self._acked_settled:
+            return
+        self._acked_settled = self._counts["acked"]
+        if not client.ping():
+            return
+        self._settling = True  # read on, paused or not, for the PINGRESP
+        try:
+            if not self._reading and self._loop is not None:
+                self._loop.add_reader(self._fd, self._on_readable)
+                self._reading = True
+            self._flush()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    while client.pinging and self._sock is sock:
+                        await asyncio.sleep(0.002)
+        finally:
+            self._settling = False
 
     def _set_state(self, state: State, error: str | None = "") -> None:
         self._state = state
@@ -725,7 +774,7 @@ class MqttClient:
         # Paused, a link still reads its CONNACK, or it could never connect; and
         # the PUBACKs of our publishes, or nothing would ever make room again.
         return not self._paused or self._connack is None or not self._connack.done() or \
-            bool(self._pending) or bool(self._lean_pending())
+            bool(self._pending) or bool(self._lean_pending()) or self._settling
 
     def _must_stop_reading(self) -> bool:
         return self._paused and not self._may_read()
@@ -769,6 +818,8 @@ class MqttClient:
         if rest:  # back to the front, in order
             parked.extendleft(reversed(rest))
             self._parked_bytes += _parked_bytes(rest)
+        elif not parked:
+            self._maybe_resync()
         return taken
 
     def _drain(self, client: paho.Client, sock: socket.socket, budget: int) -> bool:
@@ -852,12 +903,10 @@ class MqttClient:
 
         The socket is read on while publishes of ours await their PUBACK (the
         owner may wait for them to make room): messages read meanwhile wait
-        here, in order, and are handed over on ``resume()``. A broker sends at
-        most our Receive Maximum unacknowledged, which bounds them; past four
-        times that and ``max_parked_bytes`` too (see the module's docstring),
-        they are handed over regardless. Once nothing of ours is
-        pending, reading stops. A link being set up still reads its CONNACK,
-        so a paused client connects."""
+        here, in order, and are handed over on ``resume()``, up to
+        ``max_parked_bytes``; past that they are left with the broker (see
+        ``_shed``). Once nothing of ours is pending, reading stops. A link
+        being set up still reads its CONNACK, so a paused client connects."""
         self._paused = True
         if self._connack is not None and self._connack.done() and not self._pending and \
                 not self._lean_pending():
@@ -973,6 +1022,9 @@ class MqttClient:
         """Hands ``messages`` over, in order; while paused, or behind others
         that wait already, they wait (parked). Past both bounds (see
         ``pause``) the oldest go over regardless."""
+        if self._shedding:
+            self._shed(messages)
+            return
         if not (self._paused or self._parked):
             taken = self._deliver_many(messages)
             if taken == len(messages):
@@ -983,13 +1035,57 @@ class MqttClient:
                     self._deliver(message)
                 return
         parked = self._parked
-        parked.extend(messages)
-        self._parked_bytes += _parked_bytes(messages)
-        limit = 4 * self.settings.receive_maximum
-        while len(parked) > limit and self._parked_bytes > self.settings.max_parked_bytes:
-            message = parked.popleft()
-            self._parked_bytes -= len(message.payload) + _PARK_COST
-            self._deliver(message)
+        weight = _parked_bytes(messages)
+        if self._parked_bytes + weight <= self.settings.max_parked_bytes:
+            parked.extend(messages)
+            self._parked_bytes += weight
+            return
+        for n, message in enumerate(messages):  # one at least, however large
+            weight = len(message.payload) + _PARK_COST
+            if parked and self._parked_bytes + weight > self.settings.max_parked_bytes:
+                self._shed(messages[n:])
+                return
+            parked.append(message)
+            self._parked_bytes += weight
+
+    def _shed(self, messages: list[Message]) -> None:
+        """Leaves ``messages`` with the broker: parked, they would take more
+        than ``max_parked_bytes``. A broker floods a paused client past its
+        Receive Maximum (Mosquitto 2.0.11 does, see the module's docstring),
+        and reading cannot stop while PUBACKs of our publishes come on the
+        same link, so a backlog of large messages (LiDAR frames) would
+        otherwise all be held here. Nothing after the first of them is handed
+        over on this link, nor acknowledged (PUBACKs go in order); once every
+        message before it is acknowledged, the link is ended cleanly and made
+        again, and the broker sends the unacknowledged ones again (at least
+        once, persistent session). QoS 0 has no second sending: it is
+        dropped, and counted."""
+        if not self._shedding:
+            self._shedding = True
+            self._shed_now = 0
+        for message in messages:
+            entry = self._by_delivery.get(message.delivery) if message.delivery else None
+            if entry is None:
+                self._counts["dropped_qos0"] += 1
+            else:
+                entry.shed = True
+                self._shed_now += 1
+                self._counts["left_at_broker"] += 1
+        self._maybe_resync()
+
+    def _maybe_resync(self) -> None:
+        """Ends the link once the messages before the first one left with
+        the broker are all handed over and acknowledged (see ``_shed``)."""
+        if not self._shedding or self._resyncing or self._parked or self._loop is None:
+            return
+        unacked = self._unacked
+        if unacked and not unacked[0].shed:
+            return
+        self._resyncing = True
+        logger.info("%d input messages over max_parked_bytes (%d MiB) were left with the "
+                    "MQTT broker; reconnecting so that it sends them again", self._shed_now,
+                    self.settings.max_parked_bytes >> 20)
+        self._resync_task = self._loop.create_task(self._drop_link(), name="mqtt-resync")
 
     def _deliver(self, message: Message) -> None:
         self._delivered = True
@@ -1112,12 +1208,15 @@ class MqttClient:
             assert lean is not None
             lean.ack_lean_many(mids)
         self._counts["acked"] += sent
+        if self._shedding:
+            self._maybe_resync()
 
     def _forget_deliveries(self) -> None:
         self._unacked.clear()
         self._by_delivery.clear()
         self._parked.clear()  # the broker sends them again
         self._parked_bytes = 0
+        self._shedding = False
 
     # ---- publishing ----
 

@@ -320,6 +320,81 @@ def test_qos1_inputs_wait_at_the_broker_while_the_daemon_is_away(mosquitto, tmp_
         sub.close()
 
 
+def test_a_backlog_of_lidar_frames_at_the_broker_is_taken_a_part_at_a_time_and_all_arrive(
+        mosquitto, tmp_path):
+    # 30 frames of 720 kB wait at the broker, which sends them all at once
+    # when the daemon connects (Mosquitto 2.0.11 keeps no Receive Maximum).
+    # The daemon takes 1 MiB of them at a time (pipeline.max_open_mb), the
+    # client keeps 16 MiB (max_parked_bytes) and leaves the rest with the
+    # broker, which sends it again on a new link: every frame gives its
+    # record once.
+    settings = ("crs.source=EPSG:32632", "pipeline.max_open_mb=1")
+    first = Daemon(tmp_path, mosquitto.port, *settings)
+    first.wait_note("READY=1")
+    assert first.stop() == 0  # the persistent session now exists at the broker
+    t = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True)
+    x0, y0 = t.transform(9.18, 48.78)
+    rng = np.random.default_rng(11)
+    frames = [_pcd(np.column_stack([x0 + rng.uniform(0, 50, 30_000),
+                                    y0 + rng.uniform(0, 50, 30_000),
+                                    rng.normal(250, 1, 30_000)])) for _ in range(30)]
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-pub")
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    for frame in frames:
+        client.publish(f"gatewayd/{GW}/in/lidar/mast", frame, qos=1).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+
+    sub = Subscriber(mosquitto.port)
+    second = Daemon(tmp_path, mosquitto.port, *settings)
+    try:
+        second.wait_note("READY=1")
+        sub.wait_for(lambda: len(sub.records("/out/lidar/mast")) >= len(frames), 60)
+        time.sleep(0.5)  # anything sent twice would come now
+        got = sub.records("/out/lidar/mast")
+        digests = sorted(r["lineage"]["input_sha256"] for r in got)
+        assert digests == sorted(hashlib.sha256(f).hexdigest() for f in frames)
+        assert all(r["points_in"] == 30_000 for r in got)
+        assert sub.records("/dead/") == []
+    finally:
+        assert second.stop() == 0, second.output()
+        sub.close()
+    assert "left with the MQTT broker; reconnecting so that it sends them again" in \
+        second.output()
+
+
+def test_the_intake_takes_mqtt_input_by_count_and_by_bytes():
+    from gatewayd.config import load_config
+    from gatewayd.daemon import Daemon as InProcess
+    from gatewayd.mqtt import Message
+
+    class Client:
+        paused = False
+
+        def pause(self) -> None:
+            self.paused = True
+
+    def message(size: int) -> Message:
+        return Message("gatewayd/gw/in/lidar/mast", b"x" * size, 1, False, 1)
+
+    daemon = InProcess(load_config(None, ["pipeline.max_open_mb=1"], {}))
+    daemon._mqtt = client = Client()
+    # Small messages: the window (the queue's size, 500) counts, not their bytes.
+    assert daemon._on_messages([message(100) for _ in range(300)]) == 300
+    assert not client.paused
+    assert daemon._on_messages([message(100) for _ in range(300)]) == 200
+    assert client.paused
+    daemon._arrived, daemon._arrived_bytes, client.paused = [], 0, False
+    # Large ones: the third of 400 kB reaches 1 MiB; it is taken, and the client paused.
+    assert daemon._on_messages([message(400_000) for _ in range(5)]) == 3
+    assert client.paused
+    # One is always taken, however large.
+    daemon._arrived, daemon._arrived_bytes, client.paused = [], 0, False
+    assert daemon._on_messages([message(5 << 20)]) == 1
+    assert client.paused
+
+
 def test_a_broken_configuration_exits_2_with_one_clear_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[pipeline]\nqueue_size = -3\n")

@@ -346,6 +346,64 @@ def test_on_messages_takes_runs_in_order_and_what_it_declines_waits_for_resume(
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_paused_client_keeps_no_more_than_max_parked_bytes_and_the_broker_the_rest(
+        mosquitto_module: Broker, protocol: str) -> None:
+    # The daemon's flow: each input gives a result publish, and is acked once
+    # the result's PUBACK is in; a few inputs in progress pause the client,
+    # which reads on for those PUBACKs. The broker sends a backlog of large
+    # messages past our Receive Maximum (Mosquitto 2.0.11): the client keeps
+    # max_parked_bytes of them, leaves the rest with the broker and reconnects
+    # to have them sent again. All arrive, in order, once each.
+    broker = mosquitto_module
+    topic = f"big-{protocol}-{uuid.uuid4().hex}"
+    size, bound = 20_000, 200_000
+    payloads = [b"%04d" % k + b"." * (size - 4) for k in range(150)]
+
+    async def main() -> None:
+        open_: list[Message] = []
+        seen: list[bytes] = []
+        peak = 0
+
+        def watch() -> None:
+            nonlocal peak
+            peak = max(peak, client.stats().parked_bytes)
+
+        def done(message: Message, error: MqttError | None) -> None:
+            assert error is None
+            watch()
+            open_.remove(message)
+            seen.append(message.payload)
+            client.ack(message)
+            if len(open_) <= 1:
+                client.resume()
+
+        def take(messages: list[Message]) -> int:
+            watch()
+            took = messages[:max(1, 4 - len(open_))]
+            for message in took:
+                open_.append(message)
+                client.send(f"{topic}/out", message.payload[:4], done, message)
+            if len(open_) >= 4:
+                client.pause()
+            return len(took)
+
+        client = MqttClient(settings(broker, protocol=protocol, max_parked_bytes=bound),
+                            lambda m: take([m]), subscriptions=[(topic, 1)], on_messages=take)
+        async with client:
+            await client.wait_ready()
+            await mosquitto_pub(broker, topic, payloads)
+            await until(lambda: len(seen) >= len(payloads), 30)
+            await asyncio.sleep(0.3)  # anything sent twice would come now
+            stats = client.stats()
+        assert seen == payloads
+        assert stats.left_at_broker > 0 and stats.reconnects >= 1
+        assert 0 < peak <= bound
+        assert stats.unacked == 0 and stats.parked == 0
+
+    arun(main(), timeout=60)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_send_many_ends_a_run_of_pubacks_through_done_many_once_each(
         mosquitto_module: Broker, protocol: str) -> None:
     broker = mosquitto_module
