@@ -1020,8 +1020,9 @@ class MqttClient:
 
     def _hand_over(self, messages: list[Message]) -> None:
         """Hands ``messages`` over, in order; while paused, or behind others
-        that wait already, they wait (parked). Past both bounds (see
-        ``pause``) the oldest go over regardless."""
+        that wait already, they wait (parked), up to ``max_parked_bytes``;
+        past it, and from then on until a new link, they are left with the
+        broker (``_shed``)."""
         if self._shedding:
             self._shed(messages)
             return
@@ -1082,9 +1083,9 @@ class MqttClient:
         if unacked and not unacked[0].shed:
             return
         self._resyncing = True
-        logger.info("%d input messages over max_parked_bytes (%d MiB) were left with the "
+        logger.info("%d input messages over max_parked_bytes (%.1f MiB) were left with the "
                     "MQTT broker; reconnecting so that it sends them again", self._shed_now,
-                    self.settings.max_parked_bytes >> 20)
+                    self.settings.max_parked_bytes / (1 << 20))
         self._resync_task = self._loop.create_task(self._drop_link(), name="mqtt-resync")
 
     def _deliver(self, message: Message) -> None:
