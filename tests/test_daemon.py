@@ -323,11 +323,11 @@ def test_qos1_inputs_wait_at_the_broker_while_the_daemon_is_away(mosquitto, tmp_
 def test_a_backlog_of_lidar_frames_at_the_broker_is_taken_a_part_at_a_time_and_all_arrive(
         mosquitto, tmp_path):
     # 30 frames of 720 kB wait at the broker, which sends them all at once
-    # when the daemon connects (Mosquitto 2.0.11 keeps no Receive Maximum).
-    # The daemon takes 1 MiB of them at a time (pipeline.max_open_mb), the
-    # client keeps 16 MiB (max_parked_bytes) and leaves the rest with the
-    # broker, which sends it again on a new link: every frame gives its
-    # record once.
+    # when the daemon connects (within its Receive Maximum of 1 000; Mosquitto
+    # 2.0.11 would past it too). The daemon takes 1 MiB of them at a time
+    # (pipeline.max_open_mb), the client keeps 16 MiB (max_parked_bytes) and
+    # leaves the rest with the broker, which sends it again on a new link:
+    # every frame gives its record once.
     settings = ("crs.source=EPSG:32632", "pipeline.max_open_mb=1")
     first = Daemon(tmp_path, mosquitto.port, *settings)
     first.wait_note("READY=1")

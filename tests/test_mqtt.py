@@ -351,9 +351,10 @@ def test_a_paused_client_keeps_no_more_than_max_parked_bytes_and_the_broker_the_
     # The daemon's flow: each input gives a result publish, and is acked once
     # the result's PUBACK is in; a few inputs in progress pause the client,
     # which reads on for those PUBACKs. The broker sends a backlog of large
-    # messages past our Receive Maximum (Mosquitto 2.0.11): the client keeps
-    # max_parked_bytes of them, leaves the rest with the broker and reconnects
-    # to have them sent again. All arrive, in order, once each.
+    # messages at once (150, within our Receive Maximum; Mosquitto 2.0.11 also
+    # past it): the client keeps max_parked_bytes of them, leaves the rest
+    # with the broker and reconnects to have them sent again. All arrive, in
+    # order, once each.
     broker = mosquitto_module
     topic = f"big-{protocol}-{uuid.uuid4().hex}"
     size, bound = 20_000, 200_000
