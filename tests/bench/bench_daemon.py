@@ -3,7 +3,8 @@ Mosquitto (tests/broker.py), a pty as the GPS receiver, and load from
 processes of their own (tests/bench/_load.py, mosquitto_pub).
 
     .venv/bin/python tests/bench/bench_daemon.py [--quick] [--ingest] [--latency]
-        [--lidar] [--startup] [--idle] [--memory] [--minutes N] [--broker-inflight N]
+        [--lidar] [--backlog] [--startup] [--idle] [--memory] [--minutes N]
+        [--broker-inflight N]
 
 With no section named, all run. Every figure is printed beside its peer from
 the same run, with the ratio and the target:
@@ -35,6 +36,11 @@ the same run, with the ratio and the target:
   daemon's own event-loop lag figure (status ``loop_lag_ms``: a task asking to
   sleep 50 ms, how late it wakes), and from outside the 10 Hz fix latency
   during the load. Target p99 <= 50 ms.
+- backlog: ``--backlog-frames`` (default 300) PCD frames of 30 000 points
+  wait at the broker in the daemon's persistent session when it starts; the
+  main process's peak RSS (VmHWM) until every frame has its record, beside
+  the backlog's payload, and the time from exec to the last record. Target:
+  bounded (pipeline.max_open_mb and the client's max_parked_bytes).
 - startup: exec of ``python -m gatewayd run`` to READY=1 on a NOTIFY_SOCKET
   listener, and to the first record of a message that waited at the broker in
   the daemon's persistent session. Peer: mosquitto_sub fetching one message
@@ -81,7 +87,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _load import nmea_payload, tpv_payload  # noqa: E402
+from _load import nmea_payload, pcd_frame, tpv_payload  # noqa: E402
 from _report import Table, machine, proc_status  # noqa: E402
 from broker import Broker  # noqa: E402
 
@@ -781,6 +787,53 @@ def bench_lidar(broker: Broker, work: Path, rows: Rows, seconds: float, window: 
 
 # ---- 4. start-up ----
 
+def bench_backlog(broker: Broker, work: Path, rows: Rows, frames: int) -> None:
+    print(f"\n# LiDAR backlog: {frames} frames of 30 000 points waiting at the broker "
+          "when the daemon starts", flush=True)
+    settings = ("crs.source=EPSG:32632",)
+    first = DaemonProcess(work, broker, "bench-backlog", *settings)
+    first.wait_note("READY=1")
+    _stopped(rows, first, "backlog")  # its persistent session is at the broker now
+    topic = f"{first.prefix}/in/lidar/backlog"
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.monotonic_ns()}",
+                      protocol=paho.MQTTv5)
+    pub.max_inflight_messages_set(100)
+    pub.max_queued_messages_set(0)
+    pub.connect(broker.host, broker.port, keepalive=60)
+    pub.loop_start()
+    size = 0
+    try:
+        for k in range(frames):
+            frame = bytes(pcd_frame(30_000, k))
+            size += len(frame)
+            pub.publish(topic, frame, qos=1).wait_for_publish(30)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    got: list[str] = []
+    watcher = Watcher(broker, {f"{first.prefix}/out/lidar/backlog": lambda now, payload:
+                               got.append(json.loads(payload)["lineage"]["input_sha256"])})
+    start = time.monotonic()
+    daemon = DaemonProcess(work, broker, "bench-backlog", *settings)
+    try:
+        deadline = start + 300
+        while len(set(got)) < frames and time.monotonic() < deadline:
+            time.sleep(0.1)
+        drained = time.monotonic() - start
+        time.sleep(1.0)  # anything sent twice would come now
+        peak = proc_status(daemon.process.pid)["VmHWM"] / 1024
+    finally:
+        watcher.close()
+        _stopped(rows, daemon, "backlog")
+    rows.add(f"LiDAR backlog of {frames} frames at start: main process peak RSS", peak,
+             size / 1e6, "MB", "the backlog's payload", "bounded", lower_is_better=True)
+    rows.add("  same, exec to the last frame's record", drained, None, "s",
+             lower_is_better=True)
+    cycles = daemon.output().count("left with the MQTT broker")
+    rows.note(f"backlog: {len(got)} records for {len(set(got))} distinct inputs of {frames}; "
+              f"{cycles} reconnects to have the broker send what the client left with it")
+
+
 def _mosquitto_pub(broker: Broker, topic: str, payload: bytes) -> None:
     subprocess.run(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-V", "mqttv5",
                     "-q", "1", "-t", topic, "-s"], input=payload, check=True, timeout=10)
@@ -993,7 +1046,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short run of every section")
-    for name in ("ingest", "latency", "lidar", "startup", "idle", "memory"):
+    for name in ("ingest", "latency", "lidar", "backlog", "startup", "idle", "memory"):
         ap.add_argument(f"--{name}", action="store_true", help=f"run the {name} section")
     # mosquitto_pub -l (2.0.11) delivers about a third of a 100 000-line stdin
     # to a plain mosquitto_sub, and exits 0: past 60 000 the TPV publisher,
@@ -1008,6 +1061,8 @@ def main() -> None:
     ap.add_argument("--lidar-seconds", type=float, default=None)
     ap.add_argument("--idle-seconds", type=float, default=None,
                     help="how long the idle section watches (default 30; 10 with --quick)")
+    ap.add_argument("--backlog-frames", type=int, default=None,
+                    help="LiDAR frames waiting at the broker (default 300; 60 with --quick)")
     ap.add_argument("--lidar-window", type=int, default=4,
                     help="LiDAR frames published without a record yet")
     ap.add_argument("--broker-inflight", type=int, default=20,
@@ -1015,7 +1070,7 @@ def main() -> None:
     ap.add_argument("--broker-queued", type=int, default=200_000,
                     help="Mosquitto max_queued_messages")
     args = ap.parse_args()
-    names = ("ingest", "latency", "lidar", "startup", "idle", "memory")
+    names = ("ingest", "latency", "lidar", "backlog", "startup", "idle", "memory")
     sections = [n for n in names if getattr(args, n)] or list(names)
     quick = args.quick
     # A pass of 20 000 lasts under half a second for the peer: more the
@@ -1054,6 +1109,8 @@ def main() -> None:
             bench_latency(broker, work, rows, 10.0 if quick else 30.0, 3.0)
         if "lidar" in sections:
             bench_lidar(broker, work, rows, lidar_s, args.lidar_window, 3.0)
+        if "backlog" in sections:
+            bench_backlog(broker, work, rows, args.backlog_frames or (60 if quick else 300))
         if "startup" in sections:
             bench_startup(broker, work, rows, 2 if quick else 5)
         if "idle" in sections:
