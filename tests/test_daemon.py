@@ -395,6 +395,27 @@ def test_the_intake_takes_mqtt_input_by_count_and_by_bytes():
     assert client.paused
 
 
+def test_the_heap_is_trimmed_once_after_a_burst_of_mqtt_input_is_done():
+    import asyncio
+
+    from gatewayd.config import load_config
+    from gatewayd.daemon import Daemon as InProcess
+
+    daemon = InProcess(load_config(None, ["pipeline.max_open_mb=2"], {}))
+    trims: list[int] = []
+    daemon._trim = trims.append
+    daemon._open_peak = 900_000  # under half the budget: nothing to give back
+    asyncio.run(daemon._trim_heap())
+    assert trims == []
+    daemon._open_peak, daemon._open = 1 << 20, 1  # a burst, not done yet
+    asyncio.run(daemon._trim_heap())
+    assert trims == []
+    daemon._open = 0
+    asyncio.run(daemon._trim_heap())
+    asyncio.run(daemon._trim_heap())
+    assert trims == [0]  # once, with malloc_trim's pad of 0
+
+
 def test_a_broken_configuration_exits_2_with_one_clear_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[pipeline]\nqueue_size = -3\n")

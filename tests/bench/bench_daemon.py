@@ -821,13 +821,16 @@ def bench_backlog(broker: Broker, work: Path, rows: Rows, frames: int) -> None:
             time.sleep(0.1)
         drained = time.monotonic() - start
         time.sleep(1.0)  # anything sent twice would come now
-        peak = proc_status(daemon.process.pid)["VmHWM"] / 1024
+        status = proc_status(daemon.process.pid)
+        peak, after = status["VmHWM"] / 1024, status["VmRSS"] / 1024
     finally:
         watcher.close()
         _stopped(rows, daemon, "backlog")
     rows.add(f"LiDAR backlog of {frames} frames at start: main process peak RSS", peak,
              size / 1e6, "MB", "the backlog's payload", "bounded", lower_is_better=True)
     rows.add("  same, exec to the last frame's record", drained, None, "s",
+             lower_is_better=True)
+    rows.add("  same, main process RSS a second after", after, None, "MB",
              lower_is_better=True)
     cycles = daemon.output().count("left with the MQTT broker")
     rows.note(f"backlog: {len(got)} records for {len(set(got))} distinct inputs of {frames}; "
