@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Daemon"]
 
 _INPUT_KINDS = ("gps", "lidar", "polygon")
+_OUT_KIND = {"gps_fix": "gps", "lidar_frame": "lidar", "polygon": "polygon"}
 
 
 def _heap_trimmer() -> Any:
@@ -70,7 +71,6 @@ def _heap_trimmer() -> Any:
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim
-_OUT_KIND = {"gps_fix": "gps", "lidar_frame": "lidar", "polygon": "polygon"}
 
 
 class _Ticket:
