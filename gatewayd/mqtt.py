@@ -645,9 +645,7 @@ class MqttClient:
             return
         self._settling = True  # read on, paused or not, for the PINGRESP
         try:
-            if not self._reading and self._loop is not None:
-                self._loop.add_reader(self._fd, self._on_readable)
-                self._reading = True
+            self._start_reading()
             self._flush()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -778,6 +776,11 @@ class MqttClient:
 
     def _must_stop_reading(self) -> bool:
         return self._paused and not self._may_read()
+
+    def _start_reading(self) -> None:
+        if self._sock is not None and not self._reading and self._loop is not None:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
 
     def _stop_reading(self) -> None:
         if self._reading and self._loop is not None:
@@ -1331,10 +1334,8 @@ class MqttClient:
     def _after_submit(self, client: paho.Client, queued: int) -> None:
         """After publishes were queued (``queued`` of them QoS 1/2): their
         PUBACKs must be read, and a full window turned."""
-        if not self._reading and self._sock is not None and self._loop is not None:
-            # Paused with nothing pending stopped reading: its PUBACK must be read.
-            self._loop.add_reader(self._fd, self._on_readable)
-            self._reading = True
+        # Paused with nothing pending stopped reading: its PUBACK must be read.
+        self._start_reading()
         if queued and isinstance(client, LeanClient) and client.window_full():
             self._queued_since_poll += queued
             if self._queued_since_poll >= self._poll_every:
