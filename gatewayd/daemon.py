@@ -466,16 +466,15 @@ class Daemon:
         # The byte budget: large payloads (LiDAR frames) stop the run early.
         budget = self._byte_budget() - self._open_bytes - self._arrived_bytes
         weight = 0
+        full = False
         for n in range(taken):
             weight += len(messages[n].payload)
             if weight >= budget:
-                taken = n + 1  # as _on_message: one, then the pause
+                taken, full = n + 1, True  # as _on_message: one, then the pause
                 break
-        else:
-            budget = weight + 1  # room left: no pause for bytes
         arrived += messages if taken == len(messages) else messages[:taken]
         self._arrived_bytes += weight
-        if self._open + len(arrived) >= window or weight >= budget:
+        if full or self._open + len(arrived) >= window:
             self._mqtt.pause()  # the client keeps the rest, then the broker
         return taken
 
