@@ -1106,6 +1106,7 @@ class Daemon:
                                **self._backlogs[name].stats()}
                         for name, p in self._ports.items()},
             "mqtt": self._mqtt.state if self._mqtt else "closed",
+            "mqtt_intake": self._mqtt_intake(),
             "queue": {"depth": q.depth, "peak": q.peak, "capacity": q.capacity}
             if q else None,
             "chunk_size": pipeline.chunk_size if pipeline else None,
@@ -1119,6 +1120,17 @@ class Daemon:
             "loop_lag_ms": self.loop_lag_ms(),
             "counts": dict(self._counts),
         }
+
+    def _mqtt_intake(self) -> dict[str, Any] | None:
+        """What the MQTT client holds of the input, and what it left with the
+        broker: a gateway that keeps falling behind shows it here."""
+        if self._mqtt is None:
+            return None
+        m = self._mqtt.stats()
+        return {"received": m.received, "acked": m.acked, "unacked": m.unacked,
+                "paused": m.paused, "parked": m.parked, "parked_bytes": m.parked_bytes,
+                "left_at_broker": m.left_at_broker, "dropped_qos0": m.dropped_qos0,
+                "reconnects": m.reconnects}
 
     def _outbox_status(self) -> dict[str, int] | None:
         if self._outbox is None:

@@ -46,6 +46,24 @@ def _fmt_counts(counts: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
+def _fmt_intake(status: dict[str, Any]) -> str:
+    """What the MQTT intake holds back, where it holds anything: nothing to
+    say of a gateway that keeps up."""
+    intake = status.get("mqtt_intake")
+    if not isinstance(intake, dict):
+        return ""
+    parts = ["paused"] if intake.get("paused") else []
+    if intake.get("parked"):
+        parts.append(f"{intake['parked']} parked ({intake.get('parked_bytes', 0)} bytes)")
+    if intake.get("left_at_broker"):
+        parts.append(f"{intake['left_at_broker']} left at the broker to send again")
+    if intake.get("dropped_qos0"):
+        parts.append(f"{intake['dropped_qos0']} QoS 0 dropped")
+    if intake.get("reconnects"):
+        parts.append(f"{intake['reconnects']} reconnects")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def render_status(status: dict[str, Any], age_s: float, interval_s: float) -> str:
     state = status.get("state", "unknown")
     if age_s > 3 * interval_s and state != "offline":
@@ -55,7 +73,7 @@ def render_status(status: dict[str, Any], age_s: float, interval_s: float) -> st
     if isinstance(uptime, int | float):
         h, rest = divmod(int(uptime), 3600)
         lines.append(f"  uptime      {h}h {rest // 60:02d}m {rest % 60:02d}s")
-    lines.append(f"  mqtt        {status.get('mqtt', '?')}")
+    lines.append(f"  mqtt        {status.get('mqtt', '?')}{_fmt_intake(status)}")
     for name, src in sorted((status.get("sources") or {}).items()):
         detail = f" ({src['reason']})" if src.get("reason") else ""
         baud = f" at {src['baud']} baud" if src.get("baud") else ""

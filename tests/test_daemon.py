@@ -357,6 +357,26 @@ def test_a_backlog_of_lidar_frames_at_the_broker_is_taken_a_part_at_a_time_and_a
         assert digests == sorted(hashlib.sha256(f).hexdigest() for f in frames)
         assert all(r["points_in"] == 30_000 for r in got)
         assert sub.records("/dead/") == []
+        # The status says what was left with the broker, and the reconnects
+        # that had it sent again; nothing is held back once all is in.
+        status_args = [sys.executable, "-m", "gatewayd", "status", "--set",
+                       f"daemon.runtime_dir={tmp_path / 'run'}"]
+        deadline = time.monotonic() + 10
+        while True:
+            shown = subprocess.run([*status_args, "--json"], capture_output=True, text=True,
+                                   timeout=30)
+            assert shown.returncode == 0, shown.stderr
+            intake = json.loads(shown.stdout)["mqtt_intake"]
+            settled = intake["parked"] == 0 and not intake["paused"] and intake["unacked"] == 0
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert intake["parked"] == 0 and intake["parked_bytes"] == 0 and not intake["paused"]
+        assert intake["left_at_broker"] > 0 and intake["reconnects"] >= 1
+        assert intake["dropped_qos0"] == 0 and intake["unacked"] == 0
+        assert intake["received"] >= len(frames)
+        human = subprocess.run(status_args, capture_output=True, text=True, timeout=30).stdout
+        assert f"{intake['left_at_broker']} left at the broker to send again" in human
     finally:
         assert second.stop() == 0, second.output()
         sub.close()
@@ -676,6 +696,26 @@ def test_gps_json_over_mqtt_gives_a_fix_each_and_a_dead_letter_for_each_refused_
     assert (spaced["lat"], spaced["lon"], spaced["mode"]) == (48.78, 9.18, 2)
     # gpsd: "alt" is the old name of altMSL.
     assert (alt["altMSL"], alt["speed"], alt["mode"]) == (300.5, 2.0, 3) and "alt" not in alt
+
+
+def test_status_for_a_person_says_what_the_mqtt_intake_holds_back_only_when_it_does():
+    from gatewayd.status import render_status
+
+    keeping_up = {"state": "running", "mqtt": "connected",
+                  "mqtt_intake": {"received": 900, "acked": 900, "unacked": 0,
+                                  "paused": False, "parked": 0, "parked_bytes": 0,
+                                  "left_at_broker": 0, "dropped_qos0": 0, "reconnects": 0}}
+    assert "  mqtt        connected\n" in render_status(keeping_up, 0.0, 5.0) + "\n"
+    behind = {**keeping_up, "mqtt_intake": {**keeping_up["mqtt_intake"], "paused": True,
+                                             "parked": 12, "parked_bytes": 4096,
+                                             "left_at_broker": 30, "dropped_qos0": 2,
+                                             "reconnects": 3}}
+    line = next(x for x in render_status(behind, 0.0, 5.0).splitlines() if "mqtt" in x)
+    assert line == ("  mqtt        connected (paused, 12 parked (4096 bytes), 30 left at the "
+                    "broker to send again, 2 QoS 0 dropped, 3 reconnects)")
+    # A status document of an older daemon, without the intake: as before.
+    older = {"state": "running", "mqtt": "connected"}
+    assert "  mqtt        connected\n" in render_status(older, 0.0, 5.0) + "\n"
 
 
 def test_status_without_a_daemon_says_so_in_one_line_and_exits_3(tmp_path):
