@@ -1122,8 +1122,10 @@ class Daemon:
         }
 
     def _mqtt_intake(self) -> dict[str, Any] | None:
-        """What the MQTT client holds of the input, and what it left with the
-        broker: a gateway that keeps falling behind shows it here."""
+        """What the MQTT client holds of the input now, and its counts since it
+        was made (at start, and at a reload that changes the MQTT settings):
+        what it left with the broker, its reconnects. A gateway that keeps
+        falling behind shows it here."""
         if self._mqtt is None:
             return None
         m = self._mqtt.stats()

@@ -47,8 +47,9 @@ def _fmt_counts(counts: dict[str, Any]) -> str:
 
 
 def _fmt_intake(status: dict[str, Any]) -> str:
-    """What the MQTT intake holds back, where it holds anything: nothing to
-    say of a gateway that keeps up."""
+    """What the MQTT intake holds back now, and has left with the broker or
+    lost since its client was made, where any of it is not zero: nothing to
+    say of a gateway that has kept up."""
     intake = status.get("mqtt_intake")
     if not isinstance(intake, dict):
         return ""
