@@ -55,6 +55,12 @@ __all__ = ["Daemon"]
 
 _INPUT_KINDS = ("gps", "lidar", "polygon")
 _OUT_KIND = {"gps_fix": "gps", "lidar_frame": "lidar", "polygon": "polygon"}
+# GPS sources named by MQTT topics: whoever may publish to the input topics
+# names them, so the daemon keeps the streams of this many (the quietest goes
+# first) and makes them small: a decoder's room for this many fixes a call
+# (152 bytes each; serial ports keep the default, for 64 KiB blocks).
+_MQTT_GPS_SOURCES = 256
+_MQTT_FIXES_A_CALL = 16
 
 
 def _heap_trimmer() -> Any:
@@ -539,7 +545,7 @@ class Daemon:
                 continue
             kind, source = route
             ticket = _Ticket(mqtt, message, None if kind != "gps" else
-                             streams.get(source) or self._stream(source))
+                             streams.get(source) or self._mqtt_stream(source))
             self._open += 1
             self._open_bytes += ticket.size
             if self._open_bytes > self._open_peak:
@@ -664,6 +670,33 @@ class Daemon:
         if stream is None:
             stream = self._streams[source] = ingest.GpsStream(source)
         return stream
+
+    def _mqtt_stream(self, source: str) -> ingest.GpsStream:
+        stream = self._streams.get(source)
+        if stream is None:
+            self._forget_quietest_stream()
+            stream = self._streams[source] = ingest.GpsStream(source, _MQTT_FIXES_A_CALL)
+        return stream
+
+    def _forget_quietest_stream(self) -> None:
+        """Makes room for one more MQTT GPS source, where its streams are at
+        ``_MQTT_GPS_SOURCES``: the one with no NMEA for the longest goes (a
+        TPV source's holds none), its open cycle flushed first. Should it come
+        back, it starts afresh: its first cycle's RMC is reported on its own
+        again, as for any new source."""
+        sources = [s for s in self._streams if s not in self._backlogs]
+        if len(sources) < _MQTT_GPS_SOURCES:
+            return
+        last = self._last_data
+        source = min(sources, key=lambda s: last.get(s, 0.0))
+        stream = self._streams.pop(source)
+        last.pop(source, None)
+        self._counts["gps_sources_forgotten"] += 1
+        logger.debug("GPS source %s forgotten: more than %d MQTT GPS sources", source,
+                     _MQTT_GPS_SOURCES, extra={"gatewayd_source": source})
+        if stream.holding or stream.waiting_tokens:
+            items, released = stream.flush(records.utc_now())
+            self._accept(source, items, released, serial=False)
 
     # ---- tickets: acknowledging inputs once their records are out ----
 

@@ -141,9 +141,10 @@ class GpsStream:
     without a record of their own (their sentences made no fix: satellites in
     view only, or garbage), which the caller may acknowledge at once."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, capacity: int | None = None) -> None:
+        """``capacity``: the decoder's fixes a call (``NmeaDecoder``)."""
         self.source = source
-        self.decoder = NmeaDecoder()
+        self.decoder = NmeaDecoder() if capacity is None else NmeaDecoder(capacity)
         self._waiting: list[object] = []  # tokens of inputs in the open cycle
 
     @property

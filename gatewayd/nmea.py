@@ -269,13 +269,17 @@ class NmeaDecoder:
     ``feed`` and ``flush`` give ``Fix`` objects; ``feed_block`` and
     ``flush_block`` the same fixes in columns."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = _FIX_CAPACITY) -> None:
+        """``capacity``: fixes C writes a call, at most; a block with more takes
+        more calls. Its room is the decoder's largest part (152 bytes a fix):
+        a source of a cycle a message needs little of it."""
+        self._capacity = max(1, capacity)
         self._pending = b""
         self._offset = 0  # stream offset of self._pending[0]
         self._state = ffi.new("gw_nmea *")
         lib.gw_nmea_init(self._state)
         self._stats = self._state.stats  # a view into the state: one step less to read
-        self._out = ffi.new("gw_fix[]", _FIX_CAPACITY)
+        self._out = ffi.new("gw_fix[]", self._capacity)
         self._view = ffi.buffer(self._out)
         self._rows = np.frombuffer(self._view, dtype=_FIX_DTYPE)
         self._consumed = ffi.new("int64_t *")
@@ -360,13 +364,13 @@ class NmeaDecoder:
                 data = ffi.from_buffer("uint8_t[]", buf)
             count = lib.gw_nmea_decode(self._state, data + start if start else data,
                                        len(buf) - start, self._offset + start, MAX_SENTENCE,
-                                       final, self._out, _FIX_CAPACITY, self._consumed)
+                                       final, self._out, self._capacity, self._consumed)
             if count:
                 parts.append(take(count))
             consumed = self._consumed[0]
             start += consumed
             # Short of room, C stops between sentences: go on from there.
-            if consumed == 0 or count < _FIX_CAPACITY:
+            if consumed == 0 or count < self._capacity:
                 break
         # The pending bytes are at most one partial sentence, by construction.
         self._pending = buf[start:]

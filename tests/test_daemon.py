@@ -415,6 +415,48 @@ def test_the_intake_takes_mqtt_input_by_count_and_by_bytes():
     assert client.paused
 
 
+def test_mqtt_gps_sources_are_kept_to_a_bound_and_the_quietest_goes_with_its_cycle_flushed():
+    from functools import reduce
+
+    from gatewayd import daemon as module
+    from gatewayd.config import load_config
+    from gatewayd.daemon import Daemon as InProcess
+
+    body = "GPRMC,120000.00,A,4846.8000,N,00910.8000,E,0.0,0.0,011226,,,A"
+    rmc = f"${body}*{reduce(lambda a, c: a ^ ord(c), body, 0):02X}".encode()
+    daemon = InProcess(load_config(None, [], {}))
+    bound = module._MQTT_GPS_SOURCES
+    # A serial port's stream, quietest of all, is not one of them.
+    daemon._backlogs["port"] = None  # type: ignore[assignment]
+    daemon._stream("port")
+    daemon._last_data["port"] = 0.0
+    token = object()
+    for n in range(bound):
+        stream = daemon._mqtt_stream(f"s{n}")
+        daemon._last_data[f"s{n}"] = 100.0 + n
+    # The quietest holds a sentence without its line end: a cycle still open.
+    items, _ = daemon._streams["s0"].nmea(rmc, "2026-12-01T12:00:00.000Z", token)
+    assert items == [] and daemon._streams["s0"].holding
+    assert not daemon._mqtt_inbox
+
+    daemon._mqtt_stream("new")
+    assert "s0" not in daemon._streams and "s0" not in daemon._last_data
+    assert {"new", "s1", "port"} <= daemon._streams.keys()
+    assert len(daemon._streams) == bound + 1  # the bound, and the port
+    # Its open cycle was flushed into the intake, with the input's token.
+    (fix,) = daemon._mqtt_inbox
+    assert (fix.tpv["lat"], fix.tpv["lon"]) == (48.78, 9.18)
+    assert fix.origin.source == "s0" and fix.origin.tokens == (token,)
+    assert daemon._counts["gps_sources_forgotten"] == 1
+    # A known source takes no room; the next new one pushes the then quietest
+    # out: "new", which never had NMEA, before "s1".
+    assert daemon._mqtt_stream("s1") is daemon._streams["s1"]
+    daemon._mqtt_stream("newer")
+    assert "new" not in daemon._streams and "s1" in daemon._streams
+    assert daemon._counts["gps_sources_forgotten"] == 2
+    assert stream is daemon._streams[f"s{bound - 1}"]
+
+
 def test_the_heap_is_trimmed_once_after_a_burst_of_mqtt_input_is_done():
     import asyncio
 

@@ -293,6 +293,20 @@ def test_fields_read_straight_from_c_are_the_fixes_of_the_block():
     assert d.feed_fields(b"") == [] and NmeaDecoder().flush_fields() == []
 
 
+@pytest.mark.parametrize("capacity", [1, 3, 16])
+def test_a_decoder_with_room_for_few_fixes_a_call_gives_the_fixes_of_the_default_one(capacity):
+    # Room for a few fixes (an MQTT source's decoder): a block of many cycles
+    # takes many calls into C, and gives what the default decoder gives.
+    data = b"".join(cycle(f"0100{sec:02d}.00") for sec in range(60))[:-200]
+    fixes, _ = decode(data)
+    small = NmeaDecoder(capacity)
+    got = small.feed_fields(data) + small.flush_fields()
+    assert len(got) == len(fixes) > 60
+    assert [{"class": "TPV", **f} for f, _ in got] == [f.to_tpv() for f in fixes]
+    d = NmeaDecoder(capacity)
+    assert d.feed(data) + d.flush() == fixes
+
+
 def test_values_are_rounded_to_gpsd_json_precision():
     # 0.0005 m/s steps of speed land on ties and near-ties of %.3f.
     for knots in ("0.0009718", "0.0029155", "10.0", "1.2345678", "0.25"):
