@@ -472,6 +472,12 @@ class MetricsServer:
 
 # ---- gatewayd's own families ----
 
+# Sources the message counters keep series of, each; the rest share one, under
+# a name no source has (a source's name holds no "#").
+MAX_SOURCE_SERIES = 1024
+OTHER_SOURCES = "#other"
+
+
 class GatewayMetrics:
     """Every metric family gatewayd exposes, and setters that speak its types."""
 
@@ -533,6 +539,7 @@ class GatewayMetrics:
                                     "1 for an input source's current state, 0 for the others.",
                                     ["source", "state"])
         self._source_states: dict[str, set[str]] = {}
+        self._counted_sources: set[str] = set()  # those with series of their own
 
     def observe_channel(self, name: str, stats: ChannelStats) -> None:
         labels = {"queue": name}
@@ -576,10 +583,23 @@ class GatewayMetrics:
             self.source_state.set(each == state, {"source": source, "state": each})
 
     def message_in(self, source: str, kind: str, count: int = 1) -> None:
-        self.messages_in.inc(count, {"source": source, "kind": kind})
+        self.messages_in.inc(count, {"source": self._source_label(source), "kind": kind})
 
     def message_out(self, source: str, kind: str, count: int = 1) -> None:
-        self.messages_out.inc(count, {"source": source, "kind": kind})
+        self.messages_out.inc(count, {"source": self._source_label(source), "kind": kind})
+
+    def _source_label(self, source: str) -> str:
+        """``source``, for the first ``MAX_SOURCE_SERIES`` sources; the rest are
+        counted together as ``OTHER_SOURCES``. Whoever may publish to the input
+        topics names sources: each name a series, for as long as the daemon
+        runs, would grow the exposition and the scraper's store without bound."""
+        counted = self._counted_sources
+        if source in counted:
+            return source
+        if len(counted) < MAX_SOURCE_SERIES:
+            counted.add(source)
+            return source
+        return OTHER_SOURCES
 
     def dead_letter(self, reason: str, count: int = 1) -> None:
         self.dead_letters.inc(count, {"reason": reason})

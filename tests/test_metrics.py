@@ -300,6 +300,24 @@ def test_concurrent_updates_while_rendering():
 # ---- gatewayd's own families ----
 
 
+def test_past_max_source_series_the_message_counters_count_new_sources_together():
+    from gatewayd.metrics import MAX_SOURCE_SERIES, OTHER_SOURCES
+
+    m = GatewayMetrics()
+    for n in range(MAX_SOURCE_SERIES + 10):
+        m.message_in(f"s{n}", "gps", 2)
+        m.message_out(f"s{n}", "gps")
+    m.message_in("s0", "lidar")  # a known source, another kind: its own series
+    families = parse(m.registry.render())
+    got_in = samples(families, "gatewayd_messages_in_total")
+    got_out = samples(families, "gatewayd_messages_out_total")
+    assert len(got_in) == MAX_SOURCE_SERIES + 2 and len(got_out) == MAX_SOURCE_SERIES + 1
+    assert got_in[(("kind", "gps"), ("source", OTHER_SOURCES))] == 20
+    assert got_out[(("kind", "gps"), ("source", OTHER_SOURCES))] == 10
+    assert got_in[(("kind", "gps"), ("source", f"s{MAX_SOURCE_SERIES - 1}"))] == 2
+    assert got_in[(("kind", "lidar"), ("source", "s0"))] == 1
+    assert sum(got_in.values()) == 2 * (MAX_SOURCE_SERIES + 10) + 1
+
 def test_gateway_metrics_cover_the_daemon_and_are_all_prefixed():
     m = GatewayMetrics()
     m.observe_channel("decoded", ChannelStats(capacity=500, depth=12, peak=480, sent=9000,
