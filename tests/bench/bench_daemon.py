@@ -24,6 +24,10 @@ the same run, with the ratio and the target:
   after each daemon pass the relay again, its copies padded to the mean
   size of that pass's records (about four times a TPV input), since what
   the broker and the subscriber spend on a message grows with its size.
+  And the broker's CPU a message in each kind of pass, with the share of
+  the pass it was busy: an input the daemon answers is two messages through
+  the broker where the peer's is one, so where the broker is the bound the
+  ratio can be at most the peer's broker CPU over the daemon's.
 - latency: a receiver at 10 Hz on a pty (one RMC+GGA cycle every 100 ms);
   per cycle, the time the gps_fix record arrives at a subscriber less the time
   the cycle's last byte was written (both time.monotonic in this process: a
@@ -594,24 +598,42 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
             bounds: list[float] = []  # the C relay's rate over the peer's, a pass each
             sized: list[float] = []  # the same, its copies the size of the daemon's records
             sizes: list[int] = []
+            # The broker's CPU a message: in the peer's passes, the relay's and the daemon's.
+            broker_us: dict[str, list[float]] = {"peer": [], "relay": [], "daemon": []}
+            broker_busy: dict[str, list[float]] = {"peer": [], "relay": [], "daemon": []}
+
+            def broker_cpu(role: str, before: float, t: dict[str, float],
+                           us: dict[str, list[float]] = broker_us,
+                           busy: dict[str, list[float]] = broker_busy) -> None:
+                used = _cpu_seconds(broker.pid) - before
+                us[role].append(used / count * 1e6)
+                busy[role].append(used / (t["done"] - t["start"]))
+
             for r in range(repeat):
                 source = f"{fmt}{r}"
                 first = r * count
+                before = _cpu_seconds(broker.pid)
                 peer = _stream_pass(broker, fmt, count, first, f"bench/peer/{source}",
                                     [f"bench/peer/{source}"], work / f"peer-{source}.txt",
                                     records=False)
+                broker_cpu("peer", before, peer)
                 peers.append(count / (peer["done"] - peer["start"]))
                 if relay is not None:
+                    before = _cpu_seconds(broker.pid)
                     bound = _relay_pass(relay, broker, fmt, count, first, source, work)
+                    broker_cpu("relay", before, bound)
                     bounds.append(count / (bound["done"] - bound["start"]) / peers[-1])
                 out = work / f"ingest-{source}.txt"
                 cpu_before = _cpu_seconds(daemon.process.pid)
+                before = _cpu_seconds(broker.pid)
                 t = _stream_pass(broker, fmt, count, first, f"{daemon.prefix}/in/gps/{source}",
                                  [f"{daemon.prefix}/out/gps/{source}",
                                   f"{daemon.prefix}/dead/{source}"], out, records=True)
                 # Each pass is a new source: until its cycle's end is learned
                 # (at the second cycle), gpsd reports the first cycle's RMC on
                 # its own as well as with the GGA, and so does the daemon.
+                if t["done"] == t["done"]:
+                    broker_cpu("daemon", before, t)
                 want = count + 1 if fmt == "nmea" else count
                 expected_inputs += count
                 expected_records += want
@@ -657,6 +679,22 @@ def bench_ingest(broker: Broker, work: Path, rows: Rows, count: int, repeat: int
                           f"copies the size of the daemon's records "
                           f"({', '.join(map(str, sizes))} bytes); the daemon "
                           f"{', '.join(f'{r:.2f}x' for r in ratios)}")
+            if broker_us["daemon"]:
+                # Each input the daemon (or the relay) takes in and answers is two
+                # messages through the broker where the peer's is one: twice its
+                # packets, each read and written on its own (Mosquitto 2.0).
+                rows.add(f"ingest, {fmt}: the broker's CPU a message",
+                         statistics.median(broker_us["daemon"]),
+                         statistics.median(broker_us["peer"]), "us",
+                         "the broker in the peer's passes")
+                rows.note(f"ingest {fmt}: the broker used "
+                          + "; ".join(f"{role} passes {', '.join(f'{x:.1f}' for x in us)} us "
+                                      f"a message, busy "
+                                      f"{', '.join(f'{b:.0%}' for b in broker_busy[role])} "
+                                      f"of the pass"
+                                      for role, us in broker_us.items() if us)
+                          + ": where it is the bound, a round trip through it reaches at "
+                          "most the peer's figure over the daemon's")
             rows.note(f"ingest {fmt}: passes {', '.join(f'{x:,.0f}' for x in ours)} msgs/s; "
                       f"peer {', '.join(f'{x:,.0f}' for x in peers)}; publisher alone "
                       f"(first publish to last PUBACK, daemon pass) "
