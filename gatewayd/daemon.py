@@ -109,8 +109,7 @@ class Daemon:
         self._reload = asyncio.Event()
         self._signals = 0
         self._started = time.monotonic()
-        self._streams: dict[str, ingest.GpsStream] = {}
-        self._last_data: dict[str, float] = {}
+        self._streams = ingest.GpsStreams(_MQTT_GPS_SOURCES, _MQTT_FIXES_A_CALL)
         self._mqtt_inbox: collections.deque[Item] = collections.deque()
         self._arrived: list[Any] = []  # MQTT input of the drain under way
         self._open = 0  # MQTT inputs taken in and not yet acknowledged
@@ -359,7 +358,7 @@ class Daemon:
             self._mqtt.resume()
         await self._stop_ports(list(self._port_tasks))
         now = records.utc_now()
-        for stream in self._streams.values():
+        for stream in self._streams:
             self._accept(stream.source, *stream.flush(now), serial=stream.source in self._backlogs)
         self._wakeup.set()
         with contextlib.suppress(TimeoutError):
@@ -533,7 +532,7 @@ class Daemon:
         counted: dict[tuple[str, str], int] = {}
         added = False
         mqtt = self._mqtt
-        routes, streams = self._routes, self._streams  # memos of _route and _stream
+        routes, streams = self._routes, self._streams  # a memo of _route, and the streams
         for n, message in enumerate(messages, 1):
             if not n % 16:
                 # The broker's window of our publishes turns only when its
@@ -645,7 +644,7 @@ class Daemon:
 
     def _nmea(self, payload: bytes, source: str, received_at: str, ticket: _Ticket,
               stream: ingest.GpsStream) -> tuple[list[Item], tuple[object, ...]]:
-        self._last_data[source] = time.monotonic()
+        self._streams.fed(source, time.monotonic())
         before = stream.decoder.bad_checksums
         items, released = stream.nmea(payload, received_at, ticket)
         bad = stream.decoder.bad_checksums - before
@@ -665,38 +664,18 @@ class Daemon:
                                tokens=(ticket,))
         return stream.tpv(tpv, received_at, ticket, digest, members)[0]
 
-    def _stream(self, source: str) -> ingest.GpsStream:
-        stream = self._streams.get(source)
-        if stream is None:
-            stream = self._streams[source] = ingest.GpsStream(source)
-        return stream
-
     def _mqtt_stream(self, source: str) -> ingest.GpsStream:
-        stream = self._streams.get(source)
-        if stream is None:
-            self._forget_quietest_stream()
-            stream = self._streams[source] = ingest.GpsStream(source, _MQTT_FIXES_A_CALL)
+        """The stream of an MQTT GPS source; where one was forgotten to make
+        room for it, its open cycle goes into the intake first."""
+        stream, gone = self._streams.mqtt(source)
+        if gone is not None:
+            self._counts["gps_sources_forgotten"] += 1
+            logger.debug("GPS source %s forgotten: more than %d MQTT GPS sources", gone.source,
+                         self._streams.mqtt_limit, extra={"gatewayd_source": gone.source})
+            if gone.holding or gone.waiting_tokens:
+                items, released = gone.flush(records.utc_now())
+                self._accept(gone.source, items, released, serial=False)
         return stream
-
-    def _forget_quietest_stream(self) -> None:
-        """Makes room for one more MQTT GPS source, where its streams are at
-        ``_MQTT_GPS_SOURCES``: the one with no NMEA for the longest goes (a
-        TPV source's holds none), its open cycle flushed first. Should it come
-        back, it starts afresh: its first cycle's RMC is reported on its own
-        again, as for any new source."""
-        sources = [s for s in self._streams if s not in self._backlogs]
-        if len(sources) < _MQTT_GPS_SOURCES:
-            return
-        last = self._last_data
-        source = min(sources, key=lambda s: last.get(s, 0.0))
-        stream = self._streams.pop(source)
-        last.pop(source, None)
-        self._counts["gps_sources_forgotten"] += 1
-        logger.debug("GPS source %s forgotten: more than %d MQTT GPS sources", source,
-                     _MQTT_GPS_SOURCES, extra={"gatewayd_source": source})
-        if stream.holding or stream.waiting_tokens:
-            items, released = stream.flush(records.utc_now())
-            self._accept(source, items, released, serial=False)
 
     # ---- tickets: acknowledging inputs once their records are out ----
 
@@ -860,8 +839,8 @@ class Daemon:
             self._ports.pop(name, None)
 
     def _on_serial_data(self, name: str, data: bytes) -> None:
-        self._last_data[name] = time.monotonic()
-        items, _ = self._stream(name).nmea(data, records.utc_now())
+        self._streams.fed(name, time.monotonic())
+        items, _ = self._streams.serial(name).nmea(data, records.utc_now())
         if items:
             self._counts["serial_fixes"] += len(items)
             self._metrics.message_in(name, "gps", len(items))
@@ -1032,11 +1011,9 @@ class Daemon:
         return self._pipeline.idle and not self._pool.stats().busy and not self._mqtt_inbox
 
     def _flush_idle_streams(self, now: float) -> None:
-        quiet = self.config.daemon.gps_idle_flush_s
-        for source, stream in self._streams.items():
-            if stream.holding and now - self._last_data.get(source, now) >= quiet:
-                items, released = stream.flush(records.utc_now())
-                self._accept(source, items, released, serial=source in self._backlogs)
+        for stream in self._streams.quiet(now, self.config.daemon.gps_idle_flush_s):
+            items, released = stream.flush(records.utc_now())
+            self._accept(stream.source, items, released, serial=stream.source in self._backlogs)
 
     def _control_thermal(self, now: float) -> None:
         """Shrinks chunks while the SoC is hot, and slows intake at its limit."""

@@ -15,6 +15,7 @@ it carried is out.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from gatewayd.errors import DecodeError, GatewayError, InputTooLarge
 from gatewayd.nmea import NmeaDecoder
 from gatewayd.pipeline import DeadItem, FixItem, FrameItem, Item, PolygonItem, origin
 
-__all__ = ["GpsStream", "Limits", "dead", "frame_items", "polygon_items"]
+__all__ = ["GpsStream", "GpsStreams", "Limits", "dead", "frame_items", "polygon_items"]
 
 Tokens = tuple[object, ...]
 
@@ -207,6 +208,79 @@ class GpsStream:
         tokens = () if token is None else (token,)
         digest = _tpv_digest(tpv) if input_sha256 is None else input_sha256
         return [FixItem(origin(self.source, digest, 0, received_at, tokens), tpv, members)]
+
+
+class GpsStreams:
+    """The GPS streams of a daemon's sources, by name.
+
+    A serial port's stream lasts as long as the daemon. An MQTT source's name
+    is chosen by whoever may publish to the input topics, so at most
+    ``mqtt_limit`` such streams are kept, each with a decoder room for
+    ``mqtt_capacity`` fixes a call (a cycle a message needs little): a new
+    name past the bound makes the stream that has gone longest without NMEA
+    give way (a TPV source's, which never holds any, first). The caller
+    flushes what a forgotten stream's open cycle holds. Should the source
+    come back, it starts afresh: its first cycle's RMC is reported on its own
+    again, as for any new source."""
+
+    def __init__(self, mqtt_limit: int, mqtt_capacity: int) -> None:
+        self.mqtt_limit = mqtt_limit
+        self._capacity = mqtt_capacity
+        self._streams: dict[str, GpsStream] = {}
+        self._serial: set[str] = set()  # never forgotten
+        self._last: dict[str, float] = {}  # source: time.monotonic() of its last NMEA
+        self.forgotten = 0
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self._streams
+
+    def __iter__(self) -> Iterator[GpsStream]:
+        return iter(list(self._streams.values()))
+
+    def get(self, source: str) -> GpsStream | None:
+        return self._streams.get(source)
+
+    def serial(self, name: str) -> GpsStream:
+        """The stream of serial port ``name``, made on first use."""
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = GpsStream(name)
+        self._serial.add(name)
+        return stream
+
+    def mqtt(self, source: str) -> tuple[GpsStream, GpsStream | None]:
+        """The stream of MQTT source ``source``, and the stream forgotten to
+        make room for it, if one was."""
+        stream = self._streams.get(source)
+        if stream is not None:
+            return stream, None
+        gone = self._forget_quietest() if len(self._streams) - len(self._serial) >= \
+            self.mqtt_limit else None
+        stream = self._streams[source] = GpsStream(source, self._capacity)
+        return stream, gone
+
+    def fed(self, source: str, now: float) -> None:
+        """Notes NMEA from ``source`` at ``now`` (time.monotonic)."""
+        self._last[source] = now
+
+    def quiet(self, now: float, after_s: float) -> list[GpsStream]:
+        """Streams whose open cycle has had no NMEA for ``after_s`` seconds."""
+        last = self._last
+        return [s for source, s in self._streams.items()
+                if s.holding and now - last.get(source, now) >= after_s]
+
+    def _forget_quietest(self) -> GpsStream | None:
+        last, serial = self._last, self._serial
+        sources = [s for s in self._streams if s not in serial]
+        if not sources:
+            return None
+        source = min(sources, key=lambda s: last.get(s, 0.0))
+        last.pop(source, None)
+        self.forgotten += 1
+        return self._streams.pop(source)
 
 
 def too_large(source: str, size: int, limit: int, received_at: str,

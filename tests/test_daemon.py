@@ -415,46 +415,81 @@ def test_the_intake_takes_mqtt_input_by_count_and_by_bytes():
     assert client.paused
 
 
-def test_mqtt_gps_sources_are_kept_to_a_bound_and_the_quietest_goes_with_its_cycle_flushed():
+def _rmc_without_line_end() -> bytes:
     from functools import reduce
 
-    from gatewayd import daemon as module
+    body = "GPRMC,120000.00,A,4846.8000,N,00910.8000,E,0.0,0.0,011226,,,A"
+    return f"${body}*{reduce(lambda a, c: a ^ ord(c), body, 0):02X}".encode()
+
+
+def test_mqtt_gps_sources_are_kept_to_a_bound_and_the_quietest_gives_way():
+    from gatewayd.ingest import GpsStreams
+
+    streams = GpsStreams(mqtt_limit=4, mqtt_capacity=16)
+    # A serial port's stream, quietest of all, is not one of them.
+    port = streams.serial("port")
+    streams.fed("port", 0.0)
+    made = {}
+    for n in range(4):
+        made[n], gone = streams.mqtt(f"s{n}")
+        assert gone is None
+        streams.fed(f"s{n}", 100.0 + n)
+    assert streams.mqtt("s0") == (made[0], None)  # a known source takes no room
+    assert len(streams) == 5
+
+    new, gone = streams.mqtt("new")
+    assert gone is made[0] and gone.source == "s0"
+    assert "s0" not in streams and {"new", "s1", "s2", "s3", "port"} <= set(
+        s.source for s in streams)
+    assert streams.get("port") is port and streams.forgotten == 1
+    # The then quietest is "new", which never had NMEA (as a TPV source), before "s1".
+    _, gone = streams.mqtt("newer")
+    assert gone is new and streams.get("s1") is made[1] and streams.forgotten == 2
+    # A source that comes back starts afresh ("newer", with no NMEA yet, gives way).
+    again, gone = streams.mqtt("s0")
+    assert again is not made[0] and gone is not None and gone.source == "newer"
+    # MQTT sources' decoders are small; a serial port's keeps room for 64 KiB blocks.
+    assert again.decoder._capacity == 16 and port.decoder._capacity > 16
+
+
+def test_gps_streams_name_those_whose_open_cycle_has_been_quiet():
+    from gatewayd.ingest import GpsStreams
+
+    streams = GpsStreams(mqtt_limit=8, mqtt_capacity=16)
+    holding = streams.serial("port")
+    holding.nmea(_rmc_without_line_end(), "2026-12-01T12:00:00.000Z")
+    streams.fed("port", 10.0)
+    done, _ = streams.mqtt("done")
+    done.nmea(_rmc_without_line_end() + b"\r\n", "2026-12-01T12:00:00.000Z")
+    streams.fed("done", 10.0)
+    assert holding.holding and not done.holding
+    assert streams.quiet(10.5, 1.0) == []
+    assert streams.quiet(11.0, 1.0) == [holding]
+
+
+def test_a_forgotten_mqtt_gps_source_has_its_open_cycle_flushed_into_the_intake():
     from gatewayd.config import load_config
     from gatewayd.daemon import Daemon as InProcess
 
-    body = "GPRMC,120000.00,A,4846.8000,N,00910.8000,E,0.0,0.0,011226,,,A"
-    rmc = f"${body}*{reduce(lambda a, c: a ^ ord(c), body, 0):02X}".encode()
     daemon = InProcess(load_config(None, [], {}))
-    bound = module._MQTT_GPS_SOURCES
-    # A serial port's stream, quietest of all, is not one of them.
-    daemon._backlogs["port"] = None  # type: ignore[assignment]
-    daemon._stream("port")
-    daemon._last_data["port"] = 0.0
+    bound = daemon._streams.mqtt_limit
     token = object()
     for n in range(bound):
-        stream = daemon._mqtt_stream(f"s{n}")
-        daemon._last_data[f"s{n}"] = 100.0 + n
+        daemon._mqtt_stream(f"s{n}")
+        daemon._streams.fed(f"s{n}", 100.0 + n)
     # The quietest holds a sentence without its line end: a cycle still open.
-    items, _ = daemon._streams["s0"].nmea(rmc, "2026-12-01T12:00:00.000Z", token)
-    assert items == [] and daemon._streams["s0"].holding
+    items, _ = daemon._streams.get("s0").nmea(_rmc_without_line_end(),
+                                              "2026-12-01T12:00:00.000Z", token)
+    assert items == [] and daemon._streams.get("s0").holding
     assert not daemon._mqtt_inbox
 
     daemon._mqtt_stream("new")
-    assert "s0" not in daemon._streams and "s0" not in daemon._last_data
-    assert {"new", "s1", "port"} <= daemon._streams.keys()
-    assert len(daemon._streams) == bound + 1  # the bound, and the port
-    # Its open cycle was flushed into the intake, with the input's token.
+    assert "s0" not in daemon._streams and len(daemon._streams) == bound
+    # Its open cycle went into the intake, with the input's token.
     (fix,) = daemon._mqtt_inbox
     assert (fix.tpv["lat"], fix.tpv["lon"]) == (48.78, 9.18)
     assert fix.origin.source == "s0" and fix.origin.tokens == (token,)
     assert daemon._counts["gps_sources_forgotten"] == 1
-    # A known source takes no room; the next new one pushes the then quietest
-    # out: "new", which never had NMEA, before "s1".
-    assert daemon._mqtt_stream("s1") is daemon._streams["s1"]
-    daemon._mqtt_stream("newer")
-    assert "new" not in daemon._streams and "s1" in daemon._streams
-    assert daemon._counts["gps_sources_forgotten"] == 2
-    assert stream is daemon._streams[f"s{bound - 1}"]
 
 
 def test_the_heap_is_trimmed_once_after_a_burst_of_mqtt_input_is_done():
