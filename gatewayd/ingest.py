@@ -229,7 +229,6 @@ class GpsStreams:
         self._streams: dict[str, GpsStream] = {}
         self._serial: set[str] = set()  # never forgotten
         self._last: dict[str, float] = {}  # source: time.monotonic() of its last NMEA
-        self.forgotten = 0
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -279,7 +278,6 @@ class GpsStreams:
             return None
         source = min(sources, key=lambda s: last.get(s, 0.0))
         last.pop(source, None)
-        self.forgotten += 1
         return self._streams.pop(source)
 
 
